@@ -1,0 +1,30 @@
+# cnnlab: `make train` installs everything and trains LeNet on Fashion-MNIST; `make test` installs and tests.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := dataset-fashion-mnist
+
+.PHONY: install system-packages train test lint bench
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: system-packages $(VENV)/.installed
+
+# Debian packages: the real Fashion-MNIST (and what the tests drive: a headless browser).
+system-packages:
+	@if command -v apt-get >/dev/null && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+train: install
+	$(PY) -m cnnlab.train $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks

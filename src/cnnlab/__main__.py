@@ -1,0 +1,5 @@
+"""``python -m cnnlab`` is ``python -m cnnlab.train``."""
+
+from cnnlab.train import main
+
+main()

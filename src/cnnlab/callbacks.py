@@ -1,0 +1,58 @@
+"""Lightning callbacks of cnnlab's own: what Lightning's built-in callbacks do not measure."""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+
+
+class ExamplesPerSecond(Callback):
+    """Training throughput as the seeds report it: examples divided by the time spent in training steps.
+
+    Sums the time from each batch's start to its end (on a GPU, one sync at each epoch's last batch, none per
+    step), logs ``train/examples_per_sec`` per epoch, and keeps the run's totals and the start-up time (process
+    start to first step) for ``metrics.json``.
+    """
+
+    def __init__(self) -> None:
+        self.examples = 0
+        self.seconds = 0.0
+        self.startup_s: float | None = None
+        self._batch_start = 0.0
+        self._epoch_examples = 0
+        self._epoch_seconds = 0.0
+
+    @property
+    def examples_per_sec(self) -> float:
+        return self.examples / self.seconds if self.seconds else 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if self.startup_s is None:
+            self.startup_s = time.time() - psutil.Process().create_time()
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        if pl_module.device.type == "cuda" and batch_idx == trainer.num_training_batches - 1:
+            torch.cuda.synchronize(pl_module.device)
+        self._epoch_seconds += time.perf_counter() - self._batch_start
+        self._epoch_examples += len(batch[-1])
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._epoch_seconds:
+            return
+        pl_module.log("train/examples_per_sec", self._epoch_examples / self._epoch_seconds, on_epoch=True)
+        self.examples += self._epoch_examples
+        self.seconds += self._epoch_seconds
+        self._epoch_examples, self._epoch_seconds = 0, 0.0
+
+    def state_dict(self) -> dict:
+        return {"examples": self.examples, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.examples, self.seconds = state_dict["examples"], state_dict["seconds"]

@@ -1,0 +1,18 @@
+"""Where the Hydra configs live, and config helpers shared by the entry points."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# conf/ sits at the project root, beside src/ (the package is installed in editable mode).
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def as_dict(node: DictConfig | None) -> dict[str, Any]:
+    """A resolved config node as plain Python containers (safe to pickle, log and checkpoint)."""
+    if node is None:
+        return {}
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]

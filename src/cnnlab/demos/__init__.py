@@ -1,0 +1,1 @@
+"""Small runnable demos of the chapter's examples (``python -m cnnlab.demos.<name>``)."""

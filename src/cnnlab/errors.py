@@ -1,0 +1,27 @@
+"""The errors cnnlab raises for user mistakes: each message names the setting and the fix."""
+
+
+class CnnlabError(Exception):
+    """A user-facing error: printed as one clear message, without a traceback."""
+
+
+class ConfigError(CnnlabError, ValueError):
+    """A composed config that cannot work (a range, a size, an unknown choice)."""
+
+
+class ModelSpecError(ConfigError):
+    """A model spec that cannot be built: a kernel larger than its input, an unknown activation."""
+
+
+class DataError(CnnlabError):
+    """Data that cannot be found, read or trusted: missing, truncated or corrupt IDX files."""
+
+
+def user_error(err: BaseException) -> CnnlabError | None:
+    """The ``CnnlabError`` behind an exception (Hydra's ``instantiate`` wraps them), or None for a bug."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, CnnlabError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -1,0 +1,125 @@
+"""Train one model: ``python -m cnnlab.train [overrides]`` (Hydra; ``-m`` sweeps).
+
+Compose the config, validate it, build data, model and trainer, fit, test, write ``metrics.json`` into the
+run dir and return the validation accuracy (the objective sweepers maximise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.callbacks import ExamplesPerSecond
+from cnnlab.config import CONF_DIR, as_dict
+from cnnlab.errors import user_error
+from cnnlab.module import ClassifierModule
+from cnnlab.validate import validate_config
+
+log = logging.getLogger("cnnlab.train")
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassifierModule, pl.Trainer]:
+    """Instantiate the data module, the LightningModule and the Trainer (with callbacks and loggers)."""
+    datamodule = instantiate(cfg.data)
+    module = ClassifierModule(
+        model=as_dict(cfg.model),
+        optimizer=as_dict(cfg.optimizer),
+        scheduler=as_dict(cfg.scheduler) or None,
+        init=cfg.init,
+        compile=cfg.compile,
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, module, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """One run: fit, test, write ``metrics.json``; returns the metrics."""
+    start = time.time()
+    validate_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+
+    metrics = final_metrics(trainer, module, fit_metrics, test_results, wall_s=time.time() - start)
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:  # the HPARAMS tab: the whole config with the run's final metrics
+            logger.log_hyperparams(flat_config(cfg), {f"hp/{k}": metrics[k] for k in ("test_acc", "val_acc")})
+            logger.finalize("success")
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info("metrics: %s", json.dumps(metrics))
+    return metrics
+
+
+def final_metrics(
+    trainer: pl.Trainer,
+    module: ClassifierModule,
+    logged: dict[str, float],
+    test_results: list[dict],
+    wall_s: float,
+) -> dict[str, Any]:
+    """The run's summary, as written to ``metrics.json``."""
+    speed = next((c for c in trainer.callbacks if isinstance(c, ExamplesPerSecond)), None)
+    return {
+        "test_acc": test_results[0].get("test/acc") if test_results else None,
+        "val_acc": logged.get("val/acc"),
+        "train_acc": logged.get("train/acc"),
+        "train_loss": logged.get("train/loss_epoch"),
+        "examples_per_sec": speed.examples_per_sec if speed else None,
+        "startup_s": speed.startup_s if speed else None,
+        "params": sum(p.numel() for p in module.net.parameters()),
+        "epochs": trainer.current_epoch,
+        "wall_s": wall_s,
+    }
+
+
+def flat_config(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config as flat ``a.b.c: value`` pairs (TensorBoard's HPARAMS wants scalars)."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            flat[prefix[:-1]] = node if isinstance(node, int | float | str | bool) else str(node)
+
+    for key in cfg:
+        if key not in ("paths", "hydra"):
+            walk(as_dict(cfg[key]) if isinstance(cfg[key], DictConfig) else cfg[key], f"{key}.")
+    return flat
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point: print the config once, train, return the validation accuracy."""
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        metrics = train(cfg)
+    except Exception as err:  # a user mistake: one clear message, no traceback
+        problem = user_error(err)
+        if problem is None:
+            raise
+        log.error("%s", problem)
+        print(f"cnnlab: error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return metrics["val_acc"]
+
+
+if __name__ == "__main__":
+    main()

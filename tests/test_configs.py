@@ -1,0 +1,59 @@
+"""Every config composes, and its choices build what they name."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.utils import instantiate
+
+from cnnlab.config import CONF_DIR
+from cnnlab.train import build
+from conftest import compose_config
+
+GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment"]
+CHOICES = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "choice"), CHOICES, ids=[f"{g}={c}" for g, c in CHOICES])
+def test_every_config_composes_and_builds(group, choice, tiny_cfg):
+    if group == "trainer" and choice == "gpu":
+        pytest.skip("builds a GPU trainer; composes below")
+    cfg = tiny_cfg(f"{group}={choice}")
+    datamodule, module, trainer = build(cfg)
+    assert module.net(__import__("torch").rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_gpu_trainer_composes(tmp_path):
+    cfg = compose_config(["trainer=gpu"], tmp_path)
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+
+
+def test_defaults_are_the_seeds_recipe(tiny_cfg):
+    cfg = tiny_cfg("trainer=default")
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.9
+    assert cfg.data.batch_size == 256 or "data.batch_size=16" in str(cfg.hydra.overrides.task)
+    assert cfg.trainer.max_epochs == 10 and cfg.init == "xavier_uniform"
+    assert cfg.hydra.runtime.choices.model == "lenet" and cfg.hydra.runtime.choices.data == "fashion_mnist"
+
+
+def test_experiment_sets_the_improved_recipe(tiny_cfg):
+    cfg = tiny_cfg("experiment=lenet_improved")
+    assert cfg.optimizer.lr == 0.1 and cfg.trainer.max_epochs == 50 and cfg.model.conv_channels == [6, 10, 16]
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+def test_schedulers_reach_the_optimizer(scheduler, tiny_cfg):
+    cfg = tiny_cfg(f"scheduler={scheduler}", "optimizer=adamw")
+    datamodule, module, trainer = build(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    assert type(trainer.lr_scheduler_configs[0].scheduler).__name__ in ("CosineAnnealingLR", "OneCycleLR")
+
+
+def test_run_dir_is_under_the_log_root_and_named_for_model_and_data(tiny_cfg):
+    cfg = tiny_cfg("model=lenet_maxpool", "data=mnist")
+    assert cfg.run_name == "lenet_maxpool-mnist"
+    assert cfg.hydra.run.dir.startswith(cfg.paths.log_dir + "/lenet_maxpool-mnist/")
+
+
+def test_model_size_follows_the_data_config(tiny_cfg):
+    cfg = tiny_cfg("data.num_classes=10", "data.image_size=32")
+    assert instantiate(cfg.model).image_size == 32

@@ -1,0 +1,155 @@
+"""The DataModule on tiny IDX files in the real format: both data sets, the Debian import, clear errors."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.datasets import FashionMNIST
+
+from cnnlab.data import IDX_FILES, MNISTDataModule
+from cnnlab.errors import ConfigError, DataError
+from conftest import RAW_FOLDERS, TINY_TEST, TINY_TRAIN, write_idx_set
+
+
+def make_dm(data_dir: Path, name: str = "fashion_mnist", **kwargs) -> MNISTDataModule:
+    options = {
+        "val_size": 20,
+        "batch_size": 16,
+        "verify_md5": False,
+        "download": False,
+        "system_dir": "/nonexistent",
+        **kwargs,
+    }
+    return MNISTDataModule(name=name, data_dir=str(data_dir), **options)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
+def test_loads_both_data_sets_as_tensors_with_a_split(tiny_data_dir, name):
+    dm = make_dm(tiny_data_dir, name)
+    dm.prepare_data()
+    dm.setup()
+    assert dm.train_set[0].shape == (TINY_TRAIN - 20, 1, 28, 28)
+    assert dm.val_set[0].shape == (20, 1, 28, 28) and dm.test_set[0].shape == (TINY_TEST, 1, 28, 28)
+    assert dm.train_set[0].dtype == torch.float32 and 0.0 <= dm.train_set[0].min() <= dm.train_set[0].max() <= 1.0
+    # the same pixels torchvision's dataset class reads
+    raw = FashionMNIST if name == "fashion_mnist" else None
+    if raw is not None:
+        reference = raw(str(tiny_data_dir), train=False).data[0].float() / 255
+        assert torch.allclose(dm.test_set[0][0, 0], reference)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == len(dm.train_dataloader()) == -(-(TINY_TRAIN - 20) // 16)
+    assert sum(len(y) for _, y in batches) == TINY_TRAIN - 20
+    assert "Trouser" in dm.classes if name == "fashion_mnist" else "0 - zero" in dm.classes
+
+
+def test_split_is_seeded_and_batches_reshuffle_each_epoch(tiny_data_dir):
+    first, second = make_dm(tiny_data_dir), make_dm(tiny_data_dir)
+    first.setup()
+    second.setup()
+    assert torch.equal(first.val_set[1], second.val_set[1])
+    loader = first.train_dataloader()
+    epoch1, epoch2 = [torch.cat([y for _, y in loader]) for _ in range(2)]
+    assert not torch.equal(epoch1, epoch2) and torch.equal(epoch1.sort().values, epoch2.sort().values)
+
+
+def test_val_size_zero_validates_on_the_test_set(tiny_data_dir):
+    dm = make_dm(tiny_data_dir, val_size=0)
+    dm.setup()
+    assert dm.val_set is dm.test_set and len(dm.train_set[1]) == TINY_TRAIN
+
+
+def test_normalize_gives_zero_mean_unit_std(tiny_data_dir):
+    dm = make_dm(tiny_data_dir, normalize=True, val_size=0)
+    dm.setup()
+    images = dm.train_set[0]
+    assert abs(images.mean().item()) < 1e-4 and abs(images.std().item() - 1) < 1e-3
+
+
+def test_imports_the_debian_copy_and_checks_its_content_md5(tmp_path, monkeypatch):
+    system = write_idx_set(tmp_path / "system", compress=True)
+    plain = write_idx_set(tmp_path / "plain")
+    md5 = {name: hashlib.md5((plain / name).read_bytes()).hexdigest() for name in IDX_FILES}
+    monkeypatch.setitem(__import__("cnnlab.data").data.CONTENT_MD5, "fashion_mnist", md5)
+    dm = make_dm(tmp_path / "data", system_dir=str(system), verify_md5=True)
+    dm.prepare_data()
+    for name in IDX_FILES:
+        assert (dm.raw_folder / name).read_bytes() == (plain / name).read_bytes()
+    dm.setup()
+    assert len(dm.test_set[1]) == TINY_TEST
+
+
+def test_a_system_copy_with_other_content_is_refused(tmp_path):
+    system = write_idx_set(tmp_path / "system", compress=True)
+    dm = make_dm(tmp_path / "data", system_dir=str(system), verify_md5=True)
+    with pytest.raises(DataError, match="wrong md5"):
+        dm.prepare_data()
+
+
+def test_nothing_found_names_the_three_ways_to_get_the_data(tmp_path):
+    dm = make_dm(tmp_path / "empty")
+    with pytest.raises(DataError) as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert str(dm.raw_folder) in message and "apt-get install -y dataset-fashion-mnist" in message
+    assert "data.download=true" in message
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
+def test_download_goes_through_torchvision_and_fails_clearly_offline(tmp_path, monkeypatch, name):
+    dm = make_dm(tmp_path / "data", name, download=True)
+    monkeypatch.setattr(dm.dataset_cls, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens: refused
+    with pytest.raises(DataError, match="Downloading .* failed"):
+        dm.prepare_data()
+
+
+def test_download_uses_torchvision_files_when_they_arrive(tmp_path, monkeypatch):
+    """torchvision's download is the path taken: simulate a mirror that serves the real .gz format."""
+    served = write_idx_set(tmp_path / "served", compress=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        dm = make_dm(tmp_path / "data", "mnist", download=True)
+        monkeypatch.setattr(dm.dataset_cls, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+        monkeypatch.setattr(dm.dataset_cls, "resources", [(f"{n}.gz", None) for n in IDX_FILES])
+        dm.prepare_data()
+        dm.setup()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(dm.test_set[1]) == TINY_TEST
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
+        (lambda p: p.write_bytes(b"\x00\x00\x09\x03" + p.read_bytes()[4:]), "magic number"),
+        (lambda p: p.write_bytes(b"\x00\x00"), "truncated"),
+    ],
+)
+def test_damaged_files_are_named(tiny_data_dir, damage, words):
+    path = tiny_data_dir / RAW_FOLDERS["fashion_mnist"] / "raw" / "train-images-idx3-ubyte"
+    damage(path)
+    dm = make_dm(tiny_data_dir)
+    with pytest.raises(DataError) as info:
+        dm.prepare_data()
+    assert str(path) in str(info.value) and words in str(info.value)
+
+
+def test_class_count_must_cover_the_labels(tiny_data_dir):
+    dm = make_dm(tiny_data_dir, num_classes=5)
+    with pytest.raises(ConfigError, match="data.num_classes=5"):
+        dm.setup()
+
+
+def test_validation_split_must_be_smaller_than_the_training_set(tiny_data_dir):
+    with pytest.raises(ConfigError, match="data.val_size"):
+        make_dm(tiny_data_dir, val_size=TINY_TRAIN).setup()
