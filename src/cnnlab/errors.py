@@ -1,5 +1,10 @@
 """The errors cnnlab raises for user mistakes: each message names the setting and the fix."""
 
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class CnnlabError(Exception):
     """A user-facing error: printed as one clear message, without a traceback."""
@@ -25,3 +30,16 @@ def user_error(err: BaseException) -> CnnlabError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Turn a user mistake into one ``cnnlab: error: ...`` line and exit status 2 (CNNLAB_DEBUG=1: traceback)."""
+    try:
+        yield
+    except Exception as err:
+        problem = user_error(err)
+        if problem is None or os.environ.get("CNNLAB_DEBUG") == "1":
+            raise
+        print(f"cnnlab: error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
