@@ -23,6 +23,9 @@ system-packages:
 train: install
 	$(PY) -m cnnlab.train $(ARGS)
 
+# The TensorBoard test drives Debian's headless Chromium: `make test` installs it too (the variable reaches the
+# prerequisites, so system-packages installs it).
+test: APT_PACKAGES += chromium chromium-driver
 test: install
 	$(PY) -m pytest -q $(ARGS)
 

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
 
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.config import as_dict
+from cnnlab.data import DATASETS
 from cnnlab.errors import ConfigError
 from cnnlab.models import ACTIVATIONS, plan_shapes
 from cnnlab.module import INITS
@@ -16,6 +24,9 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"optimizer.lr={lr} must be a positive number (the seeds use 0.9 with SGD).")
     if cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be at least 1 (the seeds use 256).")
+    eval_batch_size = cfg.data.get("eval_batch_size")
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise ConfigError(f"data.eval_batch_size={eval_batch_size} must be at least 1 (or null: data.batch_size).")
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs} must be at least 1 (the seeds train 10).")
@@ -23,6 +34,12 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.val_size={cfg.data.val_size} must be >= 0 (0 validates on the test set).")
     if cfg.init not in INITS:
         raise ConfigError(f"init={cfg.init!r} is not known; choose one of {sorted(INITS)}.")
+    dataset = DATASETS.get(cfg.data.get("name"))
+    if dataset is not None and cfg.data.num_classes != len(dataset.classes):
+        raise ConfigError(
+            f"data.num_classes={cfg.data.num_classes} does not match {cfg.data.name}, which has "
+            f"{len(dataset.classes)} classes; set data.num_classes={len(dataset.classes)}."
+        )
     model = cfg.model
     if model.get("activation") is not None and model.activation not in ACTIVATIONS:
         raise ConfigError(f"model.activation={model.activation!r} is not known; choose one of {sorted(ACTIVATIONS)}.")
@@ -43,3 +60,51 @@ def validate_config(cfg: DictConfig) -> None:
             model.in_channels,
             model.image_size,
         )
+    if cfg.get("ckpt_path"):
+        check_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), as_dict(cfg.model))
+
+
+def check_checkpoint(path: Path, model: dict[str, Any]) -> None:
+    """A checkpoint to resume must exist, load as plain data (``weights_only``) and hold the composed model."""
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt_path={path} does not exist; pass a checkpoint of the run to resume, "
+            f"e.g. <run dir>/checkpoints/last.ckpt."
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" not in str(err).lower():
+            raise ConfigError(f"ckpt_path={path} is not a checkpoint ({_first_line(err)}).") from None
+        raise ConfigError(
+            f"ckpt_path={path} holds pickled Python objects, which weights_only loading refuses (loading them "
+            f"could run arbitrary code); use a checkpoint written by cnnlab."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ConfigError(
+            f"ckpt_path={path} cannot be read ({_first_line(err)}): it is truncated or not a checkpoint. "
+            f"Resume from another checkpoint of the run (checkpoints/best-*.ckpt)."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint (it has no state_dict).")
+    trained = (checkpoint.get("hyper_parameters") or {}).get("model")
+    if not isinstance(trained, dict):
+        return
+    differ = sorted(k for k in set(trained) | set(model) if trained.get(k) != model.get(k))
+    if differ:
+        was = ", ".join(f"model.{k}={trained.get(k)}" for k in differ)
+        now = ", ".join(f"model.{k}={model.get(k)}" for k in differ)
+        overrides = path.parent.parent / ".hydra" / "overrides.yaml"
+        hint = ""
+        if path.parent.name == "checkpoints" and overrides.is_file():
+            used = [str(o) for o in OmegaConf.load(overrides) if not str(o).startswith("ckpt_path")]
+            hint = f" ({' '.join(used)})"
+        raise ConfigError(
+            f"ckpt_path={path} holds a model with {was}, but this run composes {now}; "
+            f"resume with the overrides of the run that wrote it{hint}."
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__

@@ -1,0 +1,237 @@
+"""Guards that keep a run from dying silently or losing work.
+
+- ``AtomicCheckpointIO``: checkpoints are written to a temp file beside the target and renamed into place, so a
+  kill during a save never leaves a corrupt ``last.ckpt``; loads use ``weights_only=True``.
+- ``DivergenceGuard``: stops the run when the training loss becomes NaN or infinite, naming the step.
+- ``InterruptCheckpoint``: Ctrl-C (SIGINT) or SIGTERM stops the run after the current step and saves ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from omegaconf import DictConfig, open_dict
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from cnnlab.errors import CnnlabError
+
+log = logging.getLogger("cnnlab.guards")
+
+
+class TrainingDiverged(CnnlabError):
+    """The training loss became NaN or infinite: the run cannot recover, so it stops."""
+
+
+class RunInterrupted(CnnlabError):
+    """A run stopped by SIGINT or SIGTERM, after saving a checkpoint to resume from."""
+
+    exit_code = 130  # the shell's convention, 128 + the signal number: 130 for SIGINT, 143 for SIGTERM
+
+    @classmethod
+    def at(cls, signal_name: str, trainer: pl.Trainer, ckpt_path: str | None) -> RunInterrupted:
+        """The error for a run stopped by ``signal_name``; ``ckpt_path`` is saved by ``InterruptCheckpoint``."""
+        saved = (
+            f"saved {ckpt_path}; resume with the same overrides and ckpt_path={ckpt_path}"
+            if ckpt_path
+            else "no checkpoint was saved (callbacks.interrupt_checkpoint is off)"
+        )
+        where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+        error = cls(f"run interrupted by {signal_name} {where}; {saved}.")
+        error.exit_code = 128 + signal.Signals[signal_name].value
+        return error
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temp file in the target's folder, fsync, then ``os.replace`` (atomic on POSIX).
+
+    Lightning's own save goes through an fsspec transaction whose temp file lives in the system temp dir: when
+    that is another file system, the final move is a copy, and a kill during it leaves a truncated file.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own transaction
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # same folder: the rename is atomic
+        try:
+            with open(temp, "xb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        folder = os.open(target.parent, os.O_RDONLY)  # make the rename itself durable (a power cut)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a process killed mid-save
+            stale.unlink(missing_ok=True)
+
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load onto the CPU (as Lightning does), tensors and plain data only: ``weights_only=True`` unless asked."""
+        return super().load_checkpoint(
+            path, map_location=map_location, weights_only=True if weights_only is None else weights_only
+        )
+
+
+class DivergenceGuard(Callback):
+    """Stop the run when the training loss is NaN or infinite, naming the step and the likely fix.
+
+    The first non-finite step is recorded on the loss's device each step (no host sync); the host reads that
+    record every ``check_every_n_steps`` steps, at each epoch end and before every checkpoint save, so a diverged
+    model never overwrites a good checkpoint. ``None`` reads it every step on the CPU (free there) and every
+    ``trainer.log_every_n_steps`` steps on an accelerator (one sync per log step, which Lightning does anyway).
+    """
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self._every = 1
+        self._first_bad_step: torch.Tensor | None = None
+        self._first_bad_loss: torch.Tensor | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        on_cpu = pl_module.device.type == "cpu"
+        self._every = self.check_every_n_steps or (1 if on_cpu else max(1, trainer.log_every_n_steps))
+        self._first_bad_step = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self._first_bad_loss = torch.zeros((), device=pl_module.device)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None or self._first_bad_step is None:
+            return
+        loss = loss.detach().float()
+        first = (self._first_bad_step < 0) & ~torch.isfinite(loss)
+        self._first_bad_step = torch.where(first, trainer.global_step, self._first_bad_step)
+        self._first_bad_loss = torch.where(first, loss, self._first_bad_loss)
+        if trainer.global_step % self._every == 0:
+            self.check(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.check(trainer)
+        weights = [p.detach() for p in pl_module.parameters()]
+        if weights and not bool(torch.stack([torch.isfinite(w).all() for w in weights]).all()):
+            self._stop(trainer, "the weights became NaN or infinite", trainer.global_step)
+
+    def check(self, trainer: pl.Trainer) -> None:
+        """Raise ``TrainingDiverged`` if a step so far had a non-finite loss (one host sync)."""
+        if self._first_bad_step is None or int(self._first_bad_step) < 0:
+            return
+        step, loss = int(self._first_bad_step), float(self._first_bad_loss)
+        self._stop(trainer, f"the training loss became {loss}", step)
+
+    def _stop(self, trainer: pl.Trainer, what: str, step: int) -> None:
+        self._first_bad_step = None  # report once, even if a save is attempted while the error unwinds
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        raise TrainingDiverged(
+            f"{what} at step {step} (epoch {trainer.current_epoch}): the run diverged and was stopped, before "
+            f"any checkpoint of it was saved. Likely fix: lower optimizer.lr (now {lr:g}); too high a learning "
+            f"rate makes LeNet diverge (the seeds use 0.9 for the sigmoid LeNet, 0.1 for the ReLU variant)."
+        )
+
+
+class InterruptCheckpoint(Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current step, save ``dirpath/last.ckpt``, stop with ``RunInterrupted``.
+
+    Not Lightning's ``OnExceptionCheckpoint``: that one saves on every exception (a diverged run would overwrite
+    the last good checkpoint), deletes its file at teardown, and makes ``fit(ckpt_path=None)`` resume from
+    ``last`` on its own. SIGTERM goes through Lightning's handler (``trainer.received_sigterm``); a second Ctrl-C
+    stops at once, without saving a half-done step.
+    """
+
+    def __init__(self, dirpath: str, filename: str = "last") -> None:
+        self.ckpt_path = str(Path(dirpath) / f"{filename}.ckpt")
+        self.requested: str | None = None
+        self._previous_sigint: Any = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and _in_main_thread():
+            self.requested = None
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._previous_sigint is not None and _in_main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.requested:  # the second Ctrl-C: stop now, without saving a half-done step
+            raise KeyboardInterrupt
+        self.requested = "SIGINT"
+        # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
+        os.write(2, b"\ncnnlab: Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again: stop now).\n")
+
+    def _stop_if_requested(self, trainer: pl.Trainer) -> None:
+        if trainer.received_sigterm:
+            self.requested = "SIGTERM"
+        if self.requested:
+            raise RunInterrupted.at(self.requested, trainer, self.ckpt_path)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._stop_if_requested(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_if_requested(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, RunInterrupted | SIGTERMException) and trainer.state.fn == "fit":
+            trainer.save_checkpoint(self.ckpt_path, weights_only=False)
+
+
+@contextmanager
+def interruptions_reported(trainer: pl.Trainer) -> Iterator[None]:
+    """Report a SIGTERM that Lightning ended with ``SIGTERMException`` (exit status 0) as ``RunInterrupted``."""
+    try:
+        yield
+    except SIGTERMException:
+        saver = next((c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)), None)
+        raise RunInterrupted.at("SIGTERM", trainer, saver.ckpt_path if saver else None) from None
+
+
+def resume_into_run_dir(cfg: DictConfig) -> None:
+    """Resuming ``<run dir>/checkpoints/*.ckpt`` writes into that run dir, so TensorBoard shows one run, not two.
+
+    The TensorBoard logger writes into the run dir itself (no version subfolder), so the resumed steps continue
+    the same curves. In a sweep each job keeps its own dir.
+    """
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    checkpoints = Path(str(ckpt_path)).expanduser().resolve().parent
+    if checkpoints.name == "checkpoints" and str(checkpoints.parent) != cfg.paths.output_dir:
+        log.info("resuming into %s (this command's own dir keeps only its .hydra/ and log)", checkpoints.parent)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(checkpoints.parent)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()

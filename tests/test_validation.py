@@ -1,0 +1,231 @@
+"""Bad input is refused before training with one clear message: a table of cases, each easy to add to.
+
+Each ``BadInput`` names the overrides (and any damage done to the data or a checkpoint first) and the words the
+message must contain. The table runs in-process through ``train()``; a few cases also run through the command
+line, to check the exit status and that no traceback is printed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+
+from cnnlab.config import CONF_DIR
+from cnnlab.errors import user_error
+from cnnlab.train import train
+from conftest import TINY_OVERRIDES, compose_config, write_idx_set
+
+RAW = "FashionMNIST/raw"
+Damage = Callable[[Path, Path, pytest.MonkeyPatch], list[str]]  # (data_dir, tmp_path, monkeypatch) -> overrides
+
+
+def data_dir_under_a_file(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A data dir whose parent is a regular file: it cannot be created (even by root)."""
+    (tmp_path / "a-file").write_text("not a folder")
+    return [f"paths.data_dir={tmp_path / 'a-file' / 'data'}"]
+
+
+def truncate(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    path = data_dir / RAW / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:5000])
+    return []
+
+
+def wrong_magic(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    path = data_dir / RAW / "t10k-labels-idx1-ubyte"
+    path.write_bytes(b"\x00\x00\x08\x03" + path.read_bytes()[4:])  # the images' magic on a labels file
+    return []
+
+
+def no_data(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    return [f"paths.data_dir={tmp_path / 'empty'}"]
+
+
+def no_data_no_network(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No files, and every host name fails to resolve, as on a machine without network."""
+
+    def unreachable(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (no network)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", unreachable)
+    return no_data(data_dir, tmp_path, monkeypatch)
+
+
+def lenet_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint as cnnlab writes it, of the default LeNet (average pooling)."""
+    from cnnlab.config import as_dict
+
+    cfg = compose_config([*TINY_OVERRIDES], tmp_path / "other")
+    path = tmp_path / "old-run" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": as_dict(cfg.model)}, "epoch": 0}, path)
+    return path
+
+
+def checkpoint_of_lenet(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    return [f"ckpt_path={lenet_checkpoint(tmp_path)}"]
+
+
+def truncated_checkpoint(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    path = lenet_checkpoint(tmp_path)
+    path.write_bytes(path.read_bytes()[:300])
+    return [f"ckpt_path={path}"]
+
+
+class WritesAFile:
+    """Unpickling this would create ``marker``: what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def pickled_code_checkpoint(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": WritesAFile(tmp_path / "pwned")}, path)
+    return [f"ckpt_path={path}"]
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One bad input: overrides, damage done first, and the words its message must contain."""
+
+    id: str
+    overrides: tuple[str, ...]
+    names: tuple[str, ...]
+    damage: Damage | None = field(default=None)
+
+
+CASES = [
+    BadInput("zero-lr", ("optimizer.lr=0",), ("optimizer.lr=0", "positive")),
+    BadInput("negative-lr", ("optimizer.lr=-0.1",), ("optimizer.lr=-0.1", "positive")),
+    BadInput("batch-size-0", ("data.batch_size=0",), ("data.batch_size=0", "at least 1")),
+    BadInput("eval-batch-size-0", ("data.eval_batch_size=0",), ("data.eval_batch_size=0", "at least 1")),
+    BadInput("max-epochs-0", ("trainer.max_epochs=0",), ("trainer.max_epochs=0", "at least 1")),
+    BadInput("kernel-larger-than-input", ("model.kernel_sizes=[5,30]",), ("conv2", "30x30", "14x14")),
+    BadInput("pool-window-larger-than-input", ("model.pool_size=30",), ("pool1", "30x30", "28x28")),
+    BadInput("unknown-activation", ("model.activation=swish",), ("model.activation='swish'", "relu")),
+    BadInput("unknown-pooling", ("model.pool=median",), ("model.pool='median'", "max")),
+    BadInput("unknown-init", ("init=zeros",), ("init='zeros'", "xavier_uniform")),
+    BadInput("dropout-out-of-range", ("model.dropout=1.5",), ("model.dropout=1.5", "[0, 1)")),
+    BadInput("val-split-not-below-train-size", ("data.val_size=120",), ("data.val_size=120", "120 training")),
+    BadInput("negative-val-split", ("data.val_size=-1",), ("data.val_size=-1", ">= 0")),
+    BadInput("class-count-vs-data-set", ("data.num_classes=5",), ("data.num_classes=5", "10 classes")),
+    BadInput("class-count-vs-model", ("model.num_classes=7",), ("model.num_classes=7", "data.num_classes=10")),
+    BadInput("data-dir-not-creatable", (), ("data.data_dir", "cannot be created or written"), data_dir_under_a_file),
+    BadInput("truncated-data-file", (), ("train-images-idx3-ubyte", "truncated", "Get the data"), truncate),
+    BadInput("wrong-idx-magic", (), ("t10k-labels-idx1-ubyte", "magic number", "Get the data"), wrong_magic),
+    BadInput("wrong-md5", ("data.verify_md5=true",), ("train-images-idx3-ubyte", "wrong md5", "Delete it")),
+    BadInput("no-data-download-off", (), ("No fashion_mnist data", "data.download=true"), no_data),
+    BadInput(
+        "no-data-no-network",
+        ("data.download=true",),
+        ("Downloading fashion_mnist", "failed", "apt-get install -y dataset-fashion-mnist"),
+        no_data_no_network,
+    ),
+    BadInput("missing-checkpoint", ("ckpt_path=/nonexistent/last.ckpt",), ("/nonexistent/last.ckpt", "not exist")),
+    BadInput("truncated-checkpoint", (), ("cannot be read", "truncated"), truncated_checkpoint),
+    BadInput("checkpoint-with-code", (), ("weights_only", "arbitrary code"), pickled_code_checkpoint),
+    BadInput("checkpoint-of-other-model", ("model.pool=max",), ("model.pool=avg", "pool=max"), checkpoint_of_lenet),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_before_training_with_one_clear_message(
+    case: BadInput, tiny_cfg, tiny_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = case.damage(tiny_data_dir, tmp_path, monkeypatch) if case.damage else []
+    with pytest.raises(Exception) as raised:
+        train(tiny_cfg(*case.overrides, *extra))
+    problem = user_error(raised.value)
+    assert problem is not None, f"a crash, not a clear message: {raised.value!r}"
+    message = str(problem)
+    missing = [name for name in case.names if name not in message]
+    assert not missing, f"{missing} not in: {message}"
+    assert len(message.splitlines()) <= 3 and len(message) < 600, message
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert not list((tmp_path / "run").rglob("last.ckpt")), "training started"
+    assert not (tmp_path / "pwned").exists(), "loading the checkpoint ran its code"
+
+
+@pytest.mark.parametrize("group", ["model", "data", "optimizer", "scheduler", "trainer"])
+def test_an_unknown_choice_is_refused_listing_the_choices(group: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_config([f"{group}=no_such_{group}"], tmp_path)
+    message = str(raised.value)
+    assert f"Could not find '{group}/no_such_{group}'" in message
+    assert all(choice.stem in message for choice in (CONF_DIR / group).glob("*.yaml")), message
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
+    """A few bad inputs through ``python -m cnnlab.train``, started together (each spends seconds importing)."""
+    root = tmp_path_factory.mktemp("cli")
+    data_dir = root / "data"
+    write_idx_set(data_dir / RAW)
+    common = [*TINY_OVERRIDES, f"paths.data_dir={data_dir}", f"paths.log_dir={root / 'logs'}"]
+    cases = {  # a data error raised deep inside Lightning's fit, Hydra's own error, and the debug flag
+        "data": (common + ["data.verify_md5=true"], {}),
+        "unknown-model": (common + ["model=no_such_model"], {}),
+        "debug": (common + ["optimizer.lr=0"], {"CNNLAB_DEBUG": "1"}),
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "cnnlab.train", *args],
+            cwd=root,
+            env={**os.environ, "OMP_NUM_THREADS": "1", **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (args, env) in cases.items()
+    }
+    results = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=240)
+            results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("data", "cnnlab: error: "),
+        ("unknown-model", "Available options in 'model'"),
+    ],
+)
+def test_cli_exits_non_zero_with_the_message_and_no_traceback(cli_results, case: str, says: str) -> None:
+    result = cli_results[case]
+    assert result.returncode != 0
+    assert says in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    if case == "unknown-model":
+        assert "lenet_maxpool" in result.stderr  # the choices are listed
+    else:
+        assert result.returncode == 2
+        message = result.stderr[result.stderr.index("cnnlab: error: ") :].strip()
+        assert "train-images-idx3-ubyte has the wrong md5" in message and len(message.splitlines()) <= 3
+
+
+def test_cnnlab_debug_shows_the_traceback(cli_results) -> None:
+    result = cli_results["debug"]
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr, result.stderr[-2000:]
