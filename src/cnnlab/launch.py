@@ -1,0 +1,202 @@
+"""Job setup for sweeps: torch threads per parallel job, one GPU per job, failed jobs recorded, DDP in a sweep.
+
+Hydra's launchers start the jobs; this module makes each job a good neighbour. A parallel (joblib) job takes
+its share of the cores and a GPU of its own, a crashed job leaves a ``metrics.json`` that says so instead of
+ending the sweep, and a DDP job of a multirun has its other ranks start as single runs of that one job.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from lightning_fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.report import round_floats
+
+log = logging.getLogger("cnnlab.launch")
+
+# The metrics.json keys of a finished run (cnnlab.train.final_metrics); a failed run has them all null.
+RUN_METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "examples_per_sec", "startup_s", "params", "epochs")
+
+
+def job_dirname(override_dirname: str, limit: int = 200) -> str:
+    """A job folder name that says its overrides and fits the file system (255 bytes a name, no ``/``).
+
+    Long floats are rounded (``lr=0.0386``); when still too long, keys lose their group (``activation=gelu``);
+    when still too long, the name is cut and ends in a hash of the whole, so names stay unique.
+    """
+    name = round_floats(override_dirname).replace("/", "_")
+    if len(name) > limit:
+        name = re.sub(r"(^|,)[\w.]+\.(\w+=)", r"\1\2", name)
+    if len(name) > limit:
+        name = name[: limit - 9] + "-" + hashlib.md5(override_dirname.encode()).hexdigest()[:8]
+    return name
+
+
+# hydra.sweep.subdir in conf/hydra/default.yaml names each job's folder with it.
+OmegaConf.register_new_resolver("cnnlab.job_dirname", job_dirname, replace=True)
+
+
+class HydraConfigForSweeps(Callback):
+    """Hydra callback: make ``${hydra:...}`` resolvable while a sweep starts, as it is in a single run.
+
+    Hydra resolves ``hydra.sweep.dir`` before any job has set ``HydraConfig``; ours goes through
+    ``paths.log_dir`` to ``${hydra:runtime.cwd}``, so without this ``-m`` works only with ``paths.log_dir=...``.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(copy.deepcopy(config))  # a copy: set_config makes its hydra node read-only
+
+
+def is_multirun() -> bool:
+    """True inside a job of ``-m`` (a sweep), False in a single run or outside Hydra."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def available_cpus() -> int:
+    """The cores this process may run on (its affinity mask, which taskset, cgroups and SLURM narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def parallel_jobs(n_jobs: int, cpus: int) -> int:
+    """How many jobs joblib runs at once for ``n_jobs``: as given, or counted from the cores (-1 all, -2 all but 1)."""
+    return max(1, cpus + 1 + n_jobs) if n_jobs < 0 else max(1, n_jobs)
+
+
+def threads_per_job(cpus: int, parallel: int) -> int:
+    """Torch threads for each of ``parallel`` jobs sharing ``cpus`` cores, so they do not fight over them."""
+    return max(1, cpus // parallel)
+
+
+def gpu_for_job(job_num: int, n_gpus: int) -> int:
+    """The GPU job ``job_num`` of a sweep prefers: job i -> GPU i mod k."""
+    return job_num % n_gpus
+
+
+def claim_gpu(job_num: int, n_gpus: int, lock_dir: Path) -> tuple[int, IO[str] | None]:
+    """Take GPU i mod k, or the next one no running job of this sweep holds; the lock lasts while the file is open.
+
+    joblib hands the next job to whichever worker is free, so i mod k alone can put two jobs on one GPU while
+    another idles. With every GPU taken (more parallel jobs than GPUs), the job shares its preferred GPU.
+    """
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    preferred = gpu_for_job(job_num, n_gpus)
+    for offset in range(n_gpus):
+        gpu = (preferred + offset) % n_gpus
+        handle = open(lock_dir / f"gpu{gpu}.lock", "w")  # held open: the lock lasts as long as the file
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        return gpu, handle
+    return preferred, None
+
+
+def runs_several_processes(trainer_cfg: DictConfig) -> bool:
+    """Whether the trainer config starts DDP processes of its own (a ddp strategy or several devices)."""
+    strategy = trainer_cfg.get("strategy") or ""
+    name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))
+    devices = trainer_cfg.get("devices", 1)
+    if isinstance(devices, str):
+        devices = -1 if devices == "auto" and trainer_cfg.get("accelerator") in ("gpu", "cuda") else 1
+    several = (devices == -1 or devices > 1) if isinstance(devices, int) else len(devices) > 1
+    return "ddp" in name.lower() or several
+
+
+@contextmanager
+def sweep_job(cfg: DictConfig) -> Iterator[None]:
+    """Set up one job of a multirun (nothing for a single run): threads, its GPU, how DDP ranks start."""
+    if not is_multirun():
+        yield
+        return
+    hydra_cfg = HydraConfig.get()
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    with ExitStack() as cleanup:
+        if "Joblib" in launcher:
+            if runs_several_processes(cfg.trainer):
+                raise ConfigError(
+                    "trainer=ddp/ddp_cpu starts processes of its own, which joblib's workers cannot host; run DDP "
+                    "jobs with the sequential launcher (no hydra/launcher override) or hydra/launcher=slurm."
+                )
+            cpus = available_cpus()
+            parallel = parallel_jobs(int(hydra_cfg.launcher.n_jobs), cpus)
+            set_threads(threads_per_job(cpus, parallel), f"{cpus} cores / {parallel} parallel jobs")
+            pin_gpu(cfg, hydra_cfg.job.num, Path(hydra_cfg.sweep.dir) / ".gpu-locks", cleanup)
+        elif os.environ.get("SLURM_CPUS_PER_TASK"):
+            set_threads(int(os.environ["SLURM_CPUS_PER_TASK"]), "SLURM_CPUS_PER_TASK")
+        cleanup.enter_context(relaunch_as_single_run(hydra_cfg))
+        yield
+
+
+def set_threads(threads: int, why: str) -> None:
+    """Give this job ``threads`` torch threads (and the same for OpenMP in any process it starts)."""
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    log.info("torch threads: %d (%s)", threads, why)
+
+
+def pin_gpu(cfg: DictConfig, job_num: int, lock_dir: Path, cleanup: ExitStack) -> None:
+    """Run a one-device GPU job on a GPU of its own (``trainer.devices=[i]``), when this machine has GPUs."""
+    n_gpus = torch.cuda.device_count()
+    if n_gpus == 0 or cfg.trainer.get("accelerator") not in ("auto", "gpu", "cuda") or cfg.trainer.devices != 1:
+        return
+    gpu, lock = claim_gpu(job_num, n_gpus, lock_dir)
+    if lock is not None:
+        cleanup.callback(lock.close)
+    cfg.trainer.devices = [gpu]
+    log.info("job %d runs on GPU %d of %d", job_num, gpu, n_gpus)
+
+
+@contextmanager
+def relaunch_as_single_run(hydra_cfg: DictConfig) -> Iterator[None]:
+    """Make this job's DDP ranks start as single runs of this one job, in its folder.
+
+    Lightning starts the other ranks by rerunning ``sys.argv`` plus ``hydra.run.dir=<run dir>``; in a multirun
+    that argv is the whole sweep (hydra #2070), and ``hydra.run.dir`` is not the job's folder. Afterwards the
+    process group and the variables Lightning set (``LOCAL_RANK``, ``MASTER_PORT``, ...) go, so that the next
+    job of the sweep starts ranks of its own instead of taking itself for one.
+    """
+    saved_argv, saved_env = sys.argv[:], dict(os.environ)
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+@rank_zero_only
+def record_failure(output_dir: str | Path, err: BaseException, wall_s: float) -> None:
+    """Write a crashed job's ``metrics.json`` (status failed, its error, null metrics); log it, with the traceback
+    unless it is a user mistake (a ``CnnlabError`` says all there is to say)."""
+    error = str(err) if isinstance(err, CnnlabError) else f"{type(err).__name__}: {err}"
+    trace = "" if isinstance(err, CnnlabError) else "\n" + "".join(traceback.format_exception(err))
+    log.error("job failed, the sweep goes on: %s%s", error, trace)
+    record = {**dict.fromkeys(RUN_METRICS), "wall_s": wall_s, "status": "failed", "error": error}
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,93 @@
+"""``trainer=ddp_cpu``: two processes over gloo train one run, write it once, and test on the whole test set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.data import MNISTDataModule, TensorBatches
+from cnnlab.module import ClassifierModule
+from conftest import TINY_OVERRIDES, TINY_TEST, run_cli
+
+# trainer=ddp_cpu instead of trainer=debug: two CPU processes, one short epoch.
+DDP_OVERRIDES = [o for o in TINY_OVERRIDES if o != "trainer=debug"] + [
+    "trainer=ddp_cpu",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+]
+
+
+def whole_test_set_accuracy(checkpoint: Path, data_dir: Path) -> float:
+    """The checkpoint's accuracy on every test image, in this one process."""
+    module = ClassifierModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True).eval()
+    datamodule = MNISTDataModule(
+        data_dir=str(data_dir), val_size=20, download=False, verify_md5=False, system_dir="/nonexistent"
+    )
+    datamodule.setup()
+    images, labels = datamodule.test_set
+    assert len(labels) == TINY_TEST
+    with torch.no_grad():
+        return float((module(images).argmax(dim=-1) == labels).float().mean())
+
+
+@pytest.mark.slow
+def test_ddp_cpu_trains_once_and_tests_on_the_whole_test_set(tmp_path, tiny_data_dir):
+    log_dir = tmp_path / "logs"
+    result = run_cli(
+        "cnnlab.train",
+        *DDP_OVERRIDES,
+        f"paths.data_dir={tiny_data_dir}",
+        f"paths.log_dir={log_dir}",
+        cwd=tmp_path,
+        timeout=150,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stdout + result.stderr  # two ranks took part
+    run_dirs = list((log_dir / "lenet-fashion_mnist").iterdir())
+    assert len(run_dirs) == 1, run_dirs  # rank 1 ran in rank 0's run dir, not a dir of its own
+    run_dir = run_dirs[0]
+    assert (run_dir / "train_ddp_process_1.log").is_file() and len(list(log_dir.rglob("metrics.json"))) == 1
+    assert "metrics:" in (run_dir / "train.log").read_text()
+    assert "metrics:" not in (run_dir / "train_ddp_process_1.log").read_text()  # written by rank 0 only
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["params"] == 61_706
+    # Each rank tested its half of the test set; the synced accuracy is that of the whole set.
+    assert metrics["test_acc"] == pytest.approx(
+        whole_test_set_accuracy(run_dir / "checkpoints" / "last.ckpt", tiny_data_dir)
+    )
+
+
+@pytest.mark.slow
+def test_ddp_jobs_of_a_sweep_start_their_own_ranks_in_their_own_dirs(tmp_path, tiny_data_dir):
+    log_dir = tmp_path / "logs"
+    result = run_cli(
+        "cnnlab.train",
+        "-m",
+        "model=lenet,lenet_bn",  # lenet_bn: batch norm under DDP on the CPU (no SyncBatchNorm there)
+        *DDP_OVERRIDES,
+        f"paths.data_dir={tiny_data_dir}",
+        f"paths.log_dir={log_dir}",
+        cwd=tmp_path,
+        timeout=200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in log_dir.iterdir()] == ["multirun"]  # no stray single-run dirs from the ranks
+    sweeps = list((log_dir / "multirun").iterdir())
+    assert len(sweeps) == 1, sweeps  # the ranks did not start sweeps of their own
+    jobs = sorted(p.parent for p in sweeps[0].glob("*/metrics.json"))
+    assert [j.name.split("_")[0] for j in jobs] == ["0", "1"]
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text()).get("status", "ok") == "ok"
+        assert (job / "train_ddp_process_1.log").is_file()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_evaluation_shards_cover_every_example_once(world_size):
+    images, labels = torch.zeros(41, 1, 2, 2), torch.arange(41)
+    seen = torch.cat(
+        [y for rank in range(world_size) for _, y in TensorBatches(images, labels, 8, rank=rank, world_size=world_size)]
+    )
+    assert sorted(seen.tolist()) == list(range(41))
