@@ -12,7 +12,7 @@ import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 
-from cnnlab.data import IDX_FILES, MNISTDataModule
+from cnnlab.data import IDX_FILES, MNISTDataModule, TensorBatches
 from cnnlab.errors import ConfigError, DataError
 from conftest import RAW_FOLDERS, TINY_TEST, TINY_TRAIN, write_idx_set
 
@@ -153,3 +153,16 @@ def test_class_count_must_cover_the_labels(tiny_data_dir):
 def test_validation_split_must_be_smaller_than_the_training_set(tiny_data_dir):
     with pytest.raises(ConfigError, match="data.val_size"):
         make_dm(tiny_data_dir, val_size=TINY_TRAIN).setup()
+
+
+def test_batch_order_follows_the_trainer_epoch_so_a_resume_replays_it(tiny_data_dir):
+    dm = make_dm(tiny_data_dir)
+    dm.setup()
+    epoch = {"now": 3}
+    images, labels = dm.train_set
+    first = TensorBatches(images, labels, 16, shuffle=True, seed=7, epoch_of=lambda: epoch["now"])
+    resumed = TensorBatches(images, labels, 16, shuffle=True, seed=7, epoch_of=lambda: epoch["now"])
+    order = [torch.cat([y for _, y in batches]) for batches in (first, resumed)]
+    assert torch.equal(order[0], order[1])
+    epoch["now"] = 4
+    assert not torch.equal(torch.cat([y for _, y in first]), order[0])

@@ -11,8 +11,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -84,9 +85,12 @@ class TensorBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        epoch_of: Callable[[], int] | None = None,
     ) -> None:
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        # Where the epoch number comes from: the trainer's, so a resumed run reshuffles as the first run did.
+        self.epoch_of = epoch_of
         self.epoch = 0
         # Training shards are padded to equal length so every rank takes the same number of steps (DDP).
         n = len(labels)
@@ -99,8 +103,9 @@ class TensorBatches:
         n = len(self.labels)
         if not self.shuffle:
             return torch.arange(self.rank, n, self.world_size)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        epoch = self.epoch_of() if self.epoch_of is not None else self.epoch
         self.epoch += 1
+        generator = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(n, generator=generator)
         padded = order.repeat(math.ceil(self.per_rank * self.world_size / n))[: self.per_rank * self.world_size]
         return padded[self.rank :: self.world_size]
@@ -130,6 +135,7 @@ class MNISTDataModule(pl.LightningDataModule):
         num_classes: int = 10,
         in_channels: int = 1,
         image_size: int = 28,
+        device_resident: bool = True,
     ) -> None:
         super().__init__()
         if name not in DATASETS:
@@ -187,7 +193,7 @@ class MNISTDataModule(pl.LightningDataModule):
             return False
         for name in IDX_FILES:
             target = self.raw_folder / name
-            partial = target.with_suffix(".partial")
+            partial = target.with_suffix(f".{os.getpid()}.partial")  # parallel sweep jobs import at once
             try:
                 with gzip.open(self.system_dir / f"{name}.gz", "rb") as src, open(partial, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
@@ -283,6 +289,9 @@ class MNISTDataModule(pl.LightningDataModule):
         train = split == "train"
         batch_size = self.hparams.batch_size if train else (self.hparams.eval_batch_size or self.hparams.batch_size)
         images, labels = getattr(self, f"{split}_set")
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if self.hparams.device_resident and device.type != "cpu":  # the whole set on the GPU, batched there
+            images, labels = images.to(device), labels.to(device)
         return TensorBatches(
             images,
             labels,
@@ -291,6 +300,7 @@ class MNISTDataModule(pl.LightningDataModule):
             seed=self.hparams.split_seed,
             rank=rank,
             world_size=world,
+            epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
         )
 
     def train_dataloader(self) -> TensorBatches:

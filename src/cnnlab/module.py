@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor, nn
@@ -42,7 +43,8 @@ class ClassifierModule(pl.LightningModule):
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
         init: str = "xavier_uniform",
-        compile: bool = False,
+        compile: bool | str = False,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -52,17 +54,21 @@ class ClassifierModule(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        if compile:
-            self.net.compile()  # in place: the state_dict keys stay those of the plain network
+        # NHWC lets oneDNN/cuDNN run the small convolutions and pooling ~1.5x faster; a 1-channel input is
+        # already NHWC in memory, so the per-batch ``contiguous`` below costs nothing.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
+        if compile:  # in place, so the state_dict keys stay those of the plain network
+            self.net.compile(mode=None if compile is True else compile)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.train_acc(logits, y)
+        self.train_acc.update(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
@@ -71,7 +77,7 @@ class ClassifierModule(pl.LightningModule):
         x, y = batch
         logits = self(x)
         metric = self.val_acc if stage == "val" else self.test_acc
-        metric(logits, y)
+        metric.update(logits, y)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
 

@@ -1,0 +1,58 @@
+"""The speed features change how the network runs, never what it computes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlab.data import TensorBatches
+from cnnlab.module import ClassifierModule
+
+MODEL = {"_target_": "cnnlab.models.LeNet", "activation": "relu", "pool": "max"}
+SGD = {"_target_": "torch.optim.SGD", "lr": 0.1}
+
+
+def make(**kwargs) -> ClassifierModule:
+    torch.manual_seed(0)
+    return ClassifierModule(MODEL, SGD, **kwargs)
+
+
+def test_channels_last_computes_the_same_as_nchw():
+    nhwc, nchw = make(channels_last=True), make(channels_last=False)
+    assert nhwc.net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not nchw.net.conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(16, 1, 28, 28)
+    torch.testing.assert_close(nhwc(x), nchw(x), rtol=1e-4, atol=1e-5)
+    for module in (nhwc, nchw):  # and the same gradients
+        torch.nn.functional.cross_entropy(module(x), torch.arange(16) % 10).backward()
+    torch.testing.assert_close(nhwc.net.conv1.weight.grad, nchw.net.conv1.weight.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_state_dict_keys_do_not_depend_on_compile():
+    assert make(compile=False).state_dict().keys() == make(compile=True).state_dict().keys()
+
+
+@pytest.mark.slow
+def test_compiled_network_computes_the_same_as_eager():
+    eager, compiled = make(), make(compile=True)
+    x = torch.rand(8, 1, 28, 28)
+    torch.testing.assert_close(compiled(x), eager(x), rtol=1e-4, atol=1e-5)
+
+
+def test_batches_stay_on_the_device_of_the_data():
+    images, labels = torch.rand(10, 1, 4, 4), torch.arange(10)
+    batches = list(TensorBatches(images, labels, batch_size=4, shuffle=True, seed=1))
+    assert [len(y) for _, y in batches] == [4, 4, 2]
+    assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(10))
+    assert all(x.device == images.device for x, _ in batches)
+    for x, y in batches:  # each image still carries its own label
+        assert torch.equal(x, images[y])
+
+
+def test_ranks_take_disjoint_shards_of_equal_length():
+    labels = torch.arange(11)
+    shards = [torch.cat([y for _, y in TensorBatches(labels.float(), labels, 3, True, 0, r, 2)]) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 6  # padded to equal length so DDP ranks step together
+    assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(11))
+    evals = [torch.cat([y for _, y in TensorBatches(labels.float(), labels, 3, False, 0, r, 2)]) for r in (0, 1)]
+    assert sorted(torch.cat(evals).tolist()) == list(range(11))  # evaluation covers every example exactly once
