@@ -68,7 +68,7 @@ def test_resume_from_last_checkpoint_continues_the_epochs(tiny_cfg, tmp_path):
     assert first["epochs"] == 1
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)
-    assert state["epoch"] == 0 and "net.conv1.weight" in state["state_dict"]
+    assert state["global_step"] == 5 and "net.conv1.weight" in state["state_dict"]  # 5 batches an epoch
     resumed = train(tiny_cfg("trainer.max_epochs=3", f"ckpt_path={last}"))
     assert resumed["epochs"] == 3
     assert torch.load(last, weights_only=True)["global_step"] == 3 * 5  # trainer=debug: 5 batches an epoch

@@ -20,7 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.callbacks import ExamplesPerSecond
 from cnnlab.config import CONF_DIR, as_dict
-from cnnlab.errors import user_error
+from cnnlab.errors import exit_on_user_error, user_error
+from cnnlab.guards import RunInterrupted, interruptions_reported, resume_into_run_dir
+from cnnlab.launch import is_multirun, record_failure, sweep_job
 from cnnlab.module import ClassifierModule
 from cnnlab.validate import validate_config
 
@@ -36,6 +38,7 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassifierModule, pl
         scheduler=as_dict(cfg.scheduler) or None,
         init=cfg.init,
         compile=cfg.compile,
+        channels_last=cfg.get("channels_last", True),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
@@ -47,12 +50,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """One run: fit, test, write ``metrics.json``; returns the metrics."""
     start = time.time()
     validate_config(cfg)
+    resume_into_run_dir(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+    with interruptions_reported(trainer):  # a checkpoint holds tensors and plain data: weights_only loading
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        test_results = trainer.test(module, datamodule=datamodule, verbose=False)
 
     metrics = final_metrics(trainer, module, fit_metrics, test_results, wall_s=time.time() - start)
     if trainer.is_global_zero:
@@ -107,17 +112,24 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point: print the config once, train, return the validation accuracy."""
+    """Hydra entry point: print the config once, train, return the validation accuracy.
+
+    In a sweep (``-m``) a job that fails is recorded as failed and returns None, and the sweep goes on.
+    """
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    try:
-        metrics = train(cfg)
-    except Exception as err:  # a user mistake: one clear message, no traceback
-        problem = user_error(err)
-        if problem is None:
-            raise
-        log.error("%s", problem)
-        print(f"cnnlab: error: {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
+    start = time.time()
+    with exit_on_user_error():  # a user mistake: one clear message, no traceback
+        try:
+            with sweep_job(cfg):
+                metrics = train(cfg)
+        except RunInterrupted as stop:  # Ctrl-C or SIGTERM: last.ckpt is saved; a sweep stops too
+            print(f"cnnlab: {stop}", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
+        except Exception as err:
+            if not is_multirun():
+                raise
+            record_failure(cfg.paths.output_dir, user_error(err) or err, wall_s=time.time() - start)
+            return None
     return metrics["val_acc"]
 
 
