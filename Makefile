@@ -31,3 +31,7 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
+
+# The speed benchmark (minutes): cnnlab against the seeds' loop and a plain PyTorch loop, on the real data.
+bench: install
+	$(PY) benchmarks/speed.py --data-dir data $(ARGS)

@@ -20,11 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from cnnlab.data import MNISTDataModule
+
 HERE = Path(__file__).resolve().parent
-VARIANTS = {  # cnnlab model name -> the reference loops' flags for the same network
+VARIANTS = {  # cnnlab model name -> the reference loops' flags for the same network and learning rate
     "lenet": [],
-    "lenet_relu_maxpool": ["--activation", "relu", "--pool", "max"],
+    "lenet_relu_maxpool": ["--activation", "relu", "--pool", "max", "--lr", "0.1"],  # the seeds' ReLU lr
 }
+CNNLAB_LR = {"lenet_relu_maxpool": ["optimizer.lr=0.1"]}
 SWEEP_MODELS = "lenet,lenet_maxpool,lenet_relu,lenet_relu_maxpool"
 
 
@@ -53,7 +56,7 @@ def cnnlab(model: str, args: argparse.Namespace, work: Path, *extra: str) -> dic
     log_dir = work / f"logs-{model}-{time.time_ns()}"
     cmd = [sys.executable, "-m", "cnnlab.train", f"model={model}", f"paths.data_dir={args.data_dir}",
            f"paths.log_dir={log_dir}", f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
-           *extra]  # fmt: skip
+           *CNNLAB_LR.get(model, []), *extra]  # fmt: skip
     wall, rss, _ = run_process(cmd, work)
     metrics = json.loads(next(log_dir.rglob("metrics.json")).read_text())
     return {**metrics, "wall_s": wall, "peak_rss_mib": rss}
@@ -81,12 +84,19 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(Path("data").resolve()), help="cnnlab's data.data_dir")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--models", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--sweep-epochs", type=int, default=2)
+    parser.add_argument("--sweep-epochs", type=int, default=5)
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--cnnlab-args", nargs="*", default=[], help="extra overrides for (c), e.g. compile=true")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=["compile=true", "trainer.precision=bf16-mixed"],
+        help="extra rows: (c) again with these overrides (one quoted string per row)",
+    )
     parser.add_argument("--json", help="write all figures to this file")
     args = parser.parse_args()
     args.data_dir = str(Path(args.data_dir).resolve())
+    MNISTDataModule(data_dir=args.data_dir).prepare_data()  # import or fetch the files the reference loops read
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="cnnlab-bench-") as tmp:
         work = Path(tmp)
@@ -96,7 +106,9 @@ def main() -> None:
                 "(b) plain eager loop": reference("eager", model, args, work),
                 "(c) cnnlab": cnnlab(model, args, work, *args.cnnlab_args),
             }
-            a, b, c = rows.values()
+            for variant in args.variants:  # the same run with other settings, for comparison
+                rows[f"(c) cnnlab {variant}"] = cnnlab(model, args, work, *variant.split(), *args.cnnlab_args)
+            a, b, c = list(rows.values())[:3]
             ratios = {
                 "throughput c/b": c["examples_per_sec"] / b["examples_per_sec"],
                 "throughput c/a": c["examples_per_sec"] / a["examples_per_sec"],

@@ -85,7 +85,7 @@ def test_chapter6_is_every_variant_with_the_seeds_learning_rates(tiny_cfg):
     assert {job[0].removeprefix("model=") for job in jobs} == CHAPTER6_MODELS
     assert CHAPTER6_MODELS == {p.stem for p in (CONF_DIR / "model").glob("*.yaml")}
     rates = {model: tiny_cfg("sweep=chapter6", f"model={model}").optimizer.lr for model in CHAPTER6_MODELS}
-    relu = {"lenet_improved", "lenet_relu", "lenet_relu_maxpool"}
+    relu = {"lenet_improved", "lenet_deep", "lenet_relu", "lenet_relu_maxpool"}
     assert {rates.pop(model) for model in relu} == {0.1} and set(rates.values()) == {0.9}
     assert tiny_cfg("sweep=chapter6", "model=lenet_improved", "optimizer.lr=0.5").optimizer.lr == 0.5
 

@@ -58,15 +58,21 @@ class ClassifierModule(pl.LightningModule):
         # already NHWC in memory, so the per-batch ``contiguous`` below costs nothing.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        if compile:  # in place, so the state_dict keys stay those of the plain network
-            self.net.compile(mode=None if compile is True else compile)
+        # torch.compile the training forward (and so its backward) only, with a dynamic batch dimension: one
+        # graph for every batch size; evaluation runs eagerly, so no extra graphs compile for it. A compiled
+        # bound method, not a module, so the state_dict keys stay those of the plain network.
+        self.train_forward = self.net.forward
+        if compile:
+            self.train_forward = torch.compile(
+                self.net.forward, dynamic=True, mode=None if compile is True else compile
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
-        logits = self(x)
+        logits = self.train_forward(x.contiguous(memory_format=self.memory_format))
         loss = F.cross_entropy(logits, y)
         self.train_acc.update(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False)
