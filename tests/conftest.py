@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -50,6 +51,15 @@ def write_idx_set(
             else:
                 (folder / name).write_bytes(data)
     return folder
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny runs are fastest on one thread, and a busy machine slows them least there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

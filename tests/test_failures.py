@@ -25,12 +25,7 @@ STEPS_PER_EPOCH, EPOCHS = 25, 2  # 200 training images in batches of 8
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny runs: fastest on one thread, and unslowed by a busy machine
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def long_run_overrides(tmp_path: Path, *extra: str) -> list[str]:

@@ -11,22 +11,8 @@ from cnnlab.config import CONF_DIR
 from cnnlab.inspect import inspect_model, layer_rows
 from cnnlab.models import LeNet
 from conftest import run_cli
+from test_models import LENET_WALK as SEEDS_LENET  # the seeds' walk of LeNet (chapter 6.6)
 
-# The seeds' walk of LeNet (chapter 6.6), layer type and output shape.
-SEEDS_LENET = [
-    ("Conv2d", (1, 6, 28, 28)),
-    ("Sigmoid", (1, 6, 28, 28)),
-    ("AvgPool2d", (1, 6, 14, 14)),
-    ("Conv2d", (1, 16, 10, 10)),
-    ("Sigmoid", (1, 16, 10, 10)),
-    ("AvgPool2d", (1, 16, 5, 5)),
-    ("Flatten", (1, 400)),
-    ("Linear", (1, 120)),
-    ("Sigmoid", (1, 120)),
-    ("Linear", (1, 84)),
-    ("Sigmoid", (1, 84)),
-    ("Linear", (1, 10)),
-]
 # Multiply-adds of one example, counted by hand: output elements x inputs per output, for each conv and FC layer.
 LENET_MULT_ADDS = 6 * 28 * 28 * (1 * 5 * 5) + 16 * 10 * 10 * (6 * 5 * 5) + 400 * 120 + 120 * 84 + 84 * 10
 

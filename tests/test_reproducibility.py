@@ -22,12 +22,9 @@ def learned(metrics: dict) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny runs are fastest on one thread; the deterministic flag is process-wide, so undo it afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def deterministic_flag_undone(one_torch_thread):
+    """The deterministic flag is process-wide: undo it afterwards (and run on one thread, as tiny runs are fastest)."""
     yield
-    torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(False)
 
 
