@@ -38,12 +38,15 @@ CAPTION_LINE = 16  # pixels per caption line
 _predictions: weakref.WeakKeyDictionary[nn.Module, tuple[int, Tensor]] = weakref.WeakKeyDictionary()
 
 
+TestSet = tuple[Tensor, Tensor, list[str]]  # images, labels, class names
+
+
 def tensorboard_writer(trainer: pl.Trainer) -> SummaryWriter | None:
     """The run's TensorBoard ``SummaryWriter``, or None when no TensorBoard logger is configured."""
     return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
 
-def held_out_test_set(trainer: pl.Trainer) -> tuple[Tensor, Tensor, list[str]] | None:
+def held_out_test_set(trainer: pl.Trainer) -> TestSet | None:
     """The test images, labels and class names of the trainer's data module, or None if it has none."""
     datamodule = trainer.datamodule
     test_set = getattr(datamodule, "test_set", None)
@@ -103,7 +106,22 @@ def layer_outputs(net: nn.Module, x: Tensor, names: Sequence[str]) -> dict[str, 
     return outputs
 
 
-class ActivationImages(Callback):
+class TestSetImages(Callback):
+    """Logs to TensorBoard once, when training ends, from the test set: subclasses say what, in ``log_test_images``."""
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer, data = tensorboard_writer(trainer), held_out_test_set(trainer)
+        if writer is not None and data is not None:
+            self.log_test_images(writer, data, trainer, pl_module)
+
+    def log_test_images(
+        self, writer: SummaryWriter, data: TestSet, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        raise NotImplementedError
+
+
+class ActivationImages(TestSetImages):
     """What the first conv blocks respond to, for chosen test images (the seeds' exercise 6.6.4).
 
     For the first test image of each class in ``class_indices`` (default: Pullover and Coat), logs the image and
@@ -119,11 +137,9 @@ class ActivationImages(Callback):
     ) -> None:
         self.class_indices, self.layers, self.scale = list(class_indices), list(layers), scale
 
-    @rank_zero_only
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer, data = tensorboard_writer(trainer), held_out_test_set(trainer)
-        if writer is None or data is None:
-            return
+    def log_test_images(
+        self, writer: SummaryWriter, data: TestSet, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
         images, labels, classes = data
         net = pl_module.net
         known = dict(net.named_modules())
@@ -177,14 +193,12 @@ def kernel_grid(weight: Tensor, scale: int) -> Tensor:
     return enlarge(rgb, scale)
 
 
-class ConfusionMatrixFigure(Callback):
+class ConfusionMatrixFigure(TestSetImages):
     """The test-set confusion matrix (torchmetrics), class names on the axes, per-class accuracy on the rows."""
 
-    @rank_zero_only
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer, data = tensorboard_writer(trainer), held_out_test_set(trainer)
-        if writer is None or data is None:
-            return
+    def log_test_images(
+        self, writer: SummaryWriter, data: TestSet, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
         images, labels, classes = data
         preds = predicted_probabilities(trainer, pl_module, images).argmax(dim=-1)
         writer.add_figure("test/confusion_matrix", confusion_figure(preds, labels, classes), trainer.global_step)
@@ -208,17 +222,17 @@ def confusion_figure(preds: Tensor, labels: Tensor, classes: Sequence[str]) -> F
     return fig
 
 
-class MisclassifiedImages(Callback):
+class MisclassifiedImages(TestSetImages):
     """The most confident mistakes on the test set as a grid, each image captioned with the predicted class and
     its probability (red) over the true class (green)."""
 
     def __init__(self, count: int = 20, columns: int = 5, scale: int = 5) -> None:
         self.count, self.columns, self.scale = count, columns, scale
 
-    @rank_zero_only
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer, data = tensorboard_writer(trainer), held_out_test_set(trainer)
-        if writer is None or data is None or self.count < 1:
+    def log_test_images(
+        self, writer: SummaryWriter, data: TestSet, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
+        if self.count < 1:
             return
         images, labels, classes = data
         probs = predicted_probabilities(trainer, pl_module, images)
@@ -260,14 +274,12 @@ def captioned(image: Tensor, lines: Sequence[tuple[str, str]], scale: int) -> Te
     return pil_to_tensor(canvas).float() / 255
 
 
-class ModelGraph(Callback):
+class ModelGraph(TestSetImages):
     """The network's graph (traced with one test-sized input) for TensorBoard's GRAPHS tab."""
 
-    @rank_zero_only
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        writer, data = tensorboard_writer(trainer), held_out_test_set(trainer)
-        if writer is None or data is None:
-            return
+    def log_test_images(
+        self, writer: SummaryWriter, data: TestSet, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> None:
         net, example = pl_module.net, data[0][:1].to(pl_module.device)
         was_training = net.training
         net.eval()
