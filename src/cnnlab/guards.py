@@ -20,14 +20,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cnnlab.errors import CnnlabError
+from cnnlab.launch import is_multirun
 
 log = logging.getLogger("cnnlab.guards")
 
@@ -224,7 +223,7 @@ def resume_into_run_dir(cfg: DictConfig) -> None:
     the same curves. In a sweep each job keeps its own dir.
     """
     ckpt_path = cfg.get("ckpt_path")
-    if not ckpt_path or (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+    if not ckpt_path or is_multirun():
         return
     checkpoints = Path(str(ckpt_path)).expanduser().resolve().parent
     if checkpoints.name == "checkpoints" and str(checkpoints.parent) != cfg.paths.output_dir:

@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics = final_metrics(trainer, module, fit_metrics, test_results, wall_s=time.time() - start)
     if trainer.is_global_zero:
         for logger in trainer.loggers:  # the HPARAMS tab: the whole config with the run's final metrics
-            logger.log_hyperparams(flat_config(cfg), {f"hp/{k}": metrics[k] for k in ("test_acc", "val_acc")})
+            logger.log_hyperparams(run_hparams(cfg), {f"hp/{k}": metrics[k] for k in ("test_acc", "val_acc")})
             logger.finalize("success")
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -93,21 +93,10 @@ def final_metrics(
     }
 
 
-def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The composed config as flat ``a.b.c: value`` pairs (TensorBoard's HPARAMS wants scalars)."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                walk(value, f"{prefix}{key}.")
-        else:
-            flat[prefix[:-1]] = node if isinstance(node, int | float | str | bool) else str(node)
-
-    for key in cfg:
-        if key not in ("paths", "hydra"):
-            walk(as_dict(cfg[key]) if isinstance(cfg[key], DictConfig) else cfg[key], f"{key}.")
-    return flat
+def run_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The composed config for TensorBoard's HPARAMS tab (the logger flattens it to ``model/activation`` keys)."""
+    return {key: as_dict(value) if isinstance(value, DictConfig) else value
+            for key, value in cfg.items() if key not in ("paths", "hydra")}  # fmt: skip
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
