@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from cnnlab.report import load_runs, main, read_curves, run_labels, write_report
+from cnnlab.report import aggregate_seeds, load_runs, main, read_curves, run_labels, write_report
 
 
 def fake_run(
@@ -19,6 +20,7 @@ def fake_run(
     overrides: str,
     metrics: dict | None,
     curve: list[float] | None = None,
+    seed: int | None = None,
 ) -> Path:
     """A run dir as a sweep job leaves it: .hydra/ record, metrics.json (None: killed), TensorBoard events."""
     run = root / name
@@ -30,6 +32,8 @@ def fake_run(
         f"  runtime:\n    choices:\n      model: {model}\n"
         f"  job:\n    override_dirname: {overrides}\n"
     )
+    if seed is not None:  # the composed config; an interpolation that cannot resolve here must not matter
+        (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\npaths:\n  log_dir: ${{oc.env:NO_SUCH_VAR}}\n")
     if metrics is not None:
         (run / "metrics.json").write_text(json.dumps(metrics))
     if curve:
@@ -40,7 +44,7 @@ def fake_run(
     return run
 
 
-def finished(test_acc: float, params: int = 61_706) -> dict:
+def finished(test_acc: float, params: int = 61_706, wall_s: float = 70.0) -> dict:
     return {
         "test_acc": test_acc,
         "val_acc": test_acc + 0.01,
@@ -50,7 +54,7 @@ def finished(test_acc: float, params: int = 61_706) -> dict:
         "startup_s": 3.0,
         "params": params,
         "epochs": 3,
-        "wall_s": 70.0,
+        "wall_s": wall_s,
     }
 
 
@@ -115,3 +119,88 @@ def test_cli_prints_the_table_and_refuses_a_folder_without_runs(sweep_dir, tmp_p
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert "no runs under" in capsys.readouterr().err
+
+
+SEED_ACCS = {"model=lenet": [0.80, 0.83, 0.81], "model=lenet_maxpool,optimizer.lr=0.1": [0.85, 0.88, 0.84]}
+
+
+@pytest.fixture
+def seeds_dir(tmp_path: Path) -> Path:
+    """3 seeds of 2 configurations (the seed override first, middle or last), and a 4th seed that failed."""
+    root = tmp_path / "multirun" / "2025-01-03_00-00-00_000000"
+    job = 0
+    for overrides, accs in SEED_ACCS.items():
+        model = overrides.split(",")[0].removeprefix("model=")
+        for seed, acc in enumerate(accs, 1):
+            items = overrides.split(",")
+            items.insert(seed % (len(items) + 1), f"seed={seed}")
+            metrics = finished(acc, wall_s=60.0 + 10 * seed)
+            fake_run(root, f"{job}", model, ",".join(items), metrics, [acc - 0.1, acc], seed=seed)
+            job += 1
+    failed = {"test_acc": None, "params": None, "wall_s": 1.0, "status": "failed", "error": "RuntimeError: NaN"}
+    fake_run(root, f"{job}", "lenet", "model=lenet,seed=4", failed, seed=4)
+    return root
+
+
+def test_seeds_of_a_configuration_are_one_row_with_mean_and_std(seeds_dir):
+    rows = write_report(seeds_dir)
+    assert len(rows) == 7 and sorted(r["seed"] for r in rows) == [1, 1, 2, 2, 3, 3, 4]
+    with open(seeds_dir / "report_configs.csv") as f:
+        configs = list(csv.DictReader(f))
+    assert [(c["model"], c["overrides"], c["n"], c["failed"]) for c in configs] == [
+        ("lenet_maxpool", "model=lenet_maxpool,optimizer.lr=0.1", "3", "0"),  # best mean first
+        ("lenet", "model=lenet", "3", "1"),
+    ]
+    for config, accs in zip(configs, reversed(SEED_ACCS.values()), strict=True):
+        assert float(config["test_acc_mean"]) == pytest.approx(statistics.mean(accs))
+        assert float(config["test_acc_std"]) == pytest.approx(statistics.stdev(accs))
+        assert float(config["val_acc_mean"]) == pytest.approx(statistics.mean(accs) + 0.01)
+        assert float(config["wall_s_mean"]) == pytest.approx(80.0)
+        assert sorted(config["seeds"].split(";")) == ["1", "2", "3"]  # the finished seeds, best first
+    assert len(configs[1]["runs"].split(";")) == 4  # the failed seed is listed, not counted
+
+
+def test_the_report_leads_with_the_configurations(seeds_dir, tmp_path):
+    write_report(seeds_dir)
+    report = (seeds_dir / "report.md").read_text()
+    assert "7 runs, 1 failed or incomplete, 2 configurations" in report
+    configs_at, runs_at = report.index("## Configurations (mean ± std over seeds)"), report.index("## Runs")
+    assert configs_at < runs_at
+    accs = SEED_ACCS["model=lenet_maxpool,optimizer.lr=0.1"]
+    best = f"| 1 | lenet_maxpool | model=lenet_maxpool,optimizer.lr=0.1 | 3 | {statistics.mean(accs):.3f} ± "
+    assert best + f"{statistics.stdev(accs):.3f} |" in report
+    assert report.index(best) < runs_at and report.count("| ok |") == 6
+    assert report.index("| 1 | lenet_maxpool | model=lenet_maxpool,optimizer.lr=0.1,seed=2 |") > runs_at
+    png = (seeds_dir / "report.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    per_run = tmp_path / "per_run"  # the same 7 runs, no two of one configuration: a bar each, a taller picture
+    for i, row in enumerate(load_runs(seeds_dir)):
+        fake_run(per_run, str(i), row["model"], f"{row['overrides']},optimizer.momentum={i}", finished(0.8))
+    write_report(per_run)
+    assert png_height(seeds_dir / "report.png") < png_height(per_run / "report.png")
+
+
+def png_height(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[20:24], "big")  # from the PNG's IHDR chunk
+
+
+def test_one_seed_shows_no_std_and_single_runs_group_by_their_config_seed(tmp_path):
+    root = tmp_path / "logs" / "lenet-fashion_mnist"
+    fake_run(root, "2025-01-02_00-00-00_000000", "lenet", "", finished(0.80), seed=7)  # single runs: no overrides
+    fake_run(root, "2025-01-02_00-01-00_000000", "lenet", "", finished(0.84), seed=8)
+    fake_run(root, "2025-01-02_00-02-00_000000", "lenet_k7", "model=lenet_k7", finished(0.75), seed=7)
+    fake_run(root, "2025-01-02_00-03-00_000000", "lenet_bn", "model=lenet_bn", None, seed=7)  # killed
+    configs = aggregate_seeds(load_runs(tmp_path / "logs"))
+    assert [(c["model"], c["n"], c["seeds"]) for c in configs] == [
+        ("lenet", 2, "8;7"),
+        ("lenet_k7", 1, "7"),
+        ("lenet_bn", 0, ""),  # no finished run: listed last
+    ]
+    assert configs[0]["test_acc_std"] == pytest.approx(statistics.stdev([0.80, 0.84]))
+    assert configs[1]["test_acc_std"] is None and configs[2]["test_acc_mean"] is None
+    write_report(tmp_path / "logs")
+    report = (tmp_path / "logs" / "report.md").read_text()
+    assert "| 2 | lenet_k7 | model=lenet_k7 | 1 | 0.750 | 0.760 | 70 | 61,706 |" in report
+    assert "| 3 | lenet_bn | model=lenet_bn | 0 |  |  |  |  |" in report
+    with open(tmp_path / "logs" / "report_configs.csv") as f:
+        assert [c["test_acc_std"] for c in csv.DictReader(f)][1:] == ["", ""]

@@ -1,8 +1,9 @@
 """One table and one picture for many runs: ``python -m cnnlab.report DIR`` (a sweep dir, or the log root).
 
-Reads every run's ``metrics.json`` (and its ``.hydra/`` record of the model and overrides), writes ``report.md``,
-``report.csv`` and ``report.png`` into DIR, sorted by test accuracy, and prints the markdown table. A job dir
-with a ``.hydra/`` record but no ``metrics.json`` (killed, or still running) is listed as incomplete.
+Reads every run's ``metrics.json`` (and its ``.hydra/`` record of the model, overrides and seed), writes
+``report.md``, ``report.csv``, ``report_configs.csv`` and ``report.png`` into DIR, sorted by test accuracy, and
+prints the tables. Runs that differ only in ``seed`` are one configuration, shown first as mean ± std over seeds.
+A job dir with a ``.hydra/`` record but no ``metrics.json`` (killed, or still running) is listed as incomplete.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ COLUMNS = [
     "wall_s",
     "epochs",
     "status",
+    "seed",
     "error",
     "run",
 ]
@@ -47,7 +50,11 @@ HEADERS = {
     "examples_per_sec": "examples/s",
     "wall_s": "wall s",
 }
-OUTPUTS = ("report.md", "report.csv", "report.png")
+CONFIG_COLUMNS = [  # report_configs.csv: one row per configuration, full precision; std empty below two seeds
+    *("model", "overrides", "n", "failed", "seeds", "test_acc_mean", "test_acc_std", "val_acc_mean", "val_acc_std"),
+    *("wall_s_mean", "wall_s_std", "params", "runs"),
+]
+OUTPUTS = ("report.md", "report.csv", "report_configs.csv", "report.png")
 OVERRIDE_SEP = re.compile(r",(?=[\w.+~@/-]+=)")  # the commas of override_dirname that start a new key=value
 
 
@@ -76,13 +83,60 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
         overrides = str(job.job.override_dirname)
     row = {key: metrics.get(key) for key in COLUMNS}
     row.update(model=model, overrides=overrides, status=metrics.get("status", "ok"), run=str(run_dir.relative_to(root)))
+    row["seed"] = read_seed(run_dir)
     return row
+
+
+def read_seed(run_dir: Path) -> Any:
+    """The run's top-level ``seed`` from its ``.hydra/config.yaml`` (None without one)."""
+    config_file = run_dir / ".hydra" / "config.yaml"
+    config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
+    return OmegaConf.select(config, "seed", throw_on_resolution_failure=False)
 
 
 def load_runs(root: Path) -> list[dict[str, Any]]:
     """All runs under ``root``, best test accuracy first; failed and incomplete runs last."""
     rows = [read_run(run_dir, root) for run_dir in find_run_dirs(root)]
     return sorted(rows, key=lambda r: (r["test_acc"] is None, -(r["test_acc"] or 0.0), r["run"]))
+
+
+def without_seed(overrides: str) -> str:
+    """The overrides minus any ``seed=...`` item: what runs of one configuration share."""
+    items = OVERRIDE_SEP.split(overrides) if overrides else []
+    return ",".join(item for item in items if item.split("=", 1)[0].lstrip("+~") != "seed")
+
+
+def config_key(row: dict[str, Any]) -> tuple[str, str]:
+    """The configuration a run (or an aggregated row) belongs to: its model and its overrides without the seed."""
+    return row["model"], without_seed(row["overrides"])
+
+
+def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof=1) of the values that are set; std is None below two."""
+    values = [v for v in values if v is not None]
+    mean = statistics.mean(values) if values else None
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarize(model: str, overrides: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's row: counts, mean ± std of the accuracies over its finished seeds, its runs."""
+    done = [r for r in runs if r["status"] == "ok" and r["test_acc"] is not None]
+    config = {"model": model, "overrides": overrides, "n": len(done), "failed": len(runs) - len(done)}
+    config["seeds"] = ";".join(str(r["seed"]) for r in done if r["seed"] is not None)
+    for key in ("test_acc", "val_acc", "wall_s"):
+        config[f"{key}_mean"], config[f"{key}_std"] = mean_std([r[key] for r in done])
+    config["params"] = next((r["params"] for r in runs if r["params"] is not None), None)
+    config["runs"] = ";".join(r["run"] for r in runs)
+    return config
+
+
+def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration (runs that differ only in seed), best mean test accuracy first."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(config_key(row), []).append(row)
+    configs = [summarize(model, overrides, runs) for (model, overrides), runs in groups.items()]
+    return sorted(configs, key=lambda c: (c["n"] == 0, -(c["test_acc_mean"] or 0.0), c["model"], c["overrides"]))
 
 
 def run_labels(rows: list[dict[str, Any]]) -> list[str]:
@@ -92,7 +146,7 @@ def run_labels(rows: list[dict[str, Any]]) -> list[str]:
     labels = []
     for row, overrides in zip(rows, parsed, strict=True):
         shown = [f"{key.rsplit('.', 1)[-1]}={overrides[key]}" for key in varying if key in overrides]
-        labels.append(round_floats(" ".join([row["model"] or row["run"], *shown])))
+        labels.append(round_floats(" ".join([row["model"] or row.get("run", row.get("runs", "")), *shown])))
     return labels
 
 
@@ -119,22 +173,42 @@ def error_line(error: Any, limit: int = 100) -> str:
     return (first[:limit] + "...") if len(first) > limit else first
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The runs as a markdown table (errors of failed runs in the last column)."""
-    keys = [k for k in COLUMNS if k not in ("run", "epochs")]
-    lines = [
-        "| " + " | ".join(["#", *(HEADERS.get(k, k) for k in keys)]) + " |",
-        "| " + " | ".join(["---"] * (len(keys) + 1)) + " |",
-    ]
-    for i, row in enumerate(rows, 1):
-        lines.append("| " + " | ".join([str(i), *(fmt(row[k], k) for k in keys)]) + " |")
+def fmt_mean_std(mean: float | None, std: float | None) -> str:
+    """``0.812 ± 0.004``; only the mean when there is no std (one seed), nothing when there is no mean."""
+    if mean is None:
+        return ""
+    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+
+def numbered_table(headers: list[str], cells: list[list[str]]) -> str:
+    """A markdown table with a leading ``#`` column counting the rows from 1."""
+    lines = ["| " + " | ".join(["#", *headers]) + " |", "| " + " | ".join(["---"] * (len(headers) + 1)) + " |"]
+    lines += ["| " + " | ".join([str(i), *row]) + " |" for i, row in enumerate(cells, 1)]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """The runs as CSV, full precision, one row per run."""
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The runs as a markdown table (errors of failed runs in the last column)."""
+    keys = [k for k in COLUMNS if k not in ("run", "epochs")]
+    return numbered_table([HEADERS.get(k, k) for k in keys], [[fmt(row[k], k) for k in keys] for row in rows])
+
+
+def configs_table(configs: list[dict[str, Any]]) -> str:
+    """The configurations as a markdown table: finished seeds and mean ± std of the accuracies over them."""
+    headers = ["model", "overrides", "n", "test acc", "val acc", "wall s", "params"]
+    cells = [
+        [fmt(c["model"], "model"), fmt(c["overrides"], "overrides"), str(c["n"])]
+        + [fmt_mean_std(c[f"{key}_mean"], c[f"{key}_std"]) for key in ("test_acc", "val_acc")]
+        + [fmt(c["wall_s_mean"], "wall_s"), fmt(c["params"], "params")]
+        for c in configs
+    ]
+    return numbered_table(headers, cells)
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUMNS) -> None:
+    """The rows as CSV, full precision (one row per run, or per configuration with ``CONFIG_COLUMNS``)."""
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -151,92 +225,143 @@ def read_curves(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in ("val/acc", "train/loss_epoch") if tag in tags}
 
 
-def plot_report(root: Path, rows: list[dict[str, Any]], path: Path) -> None:
-    """Test accuracy per run (bars, with parameter counts) above the validation-accuracy and loss curves."""
+Bar = tuple[float | None, float | None, str]  # a bar of the top chart: its length, its error bar, its text
+
+
+def params_text(params: int | None) -> str:
+    """A parameter count for the picture (``61.7k params``)."""
+    return f"{params / 1000:,.1f}k params" if params else ""
+
+
+def run_bars(rows: list[dict[str, Any]]) -> list[Bar]:
+    """A bar per run: its test accuracy, and its parameters or why it has no accuracy."""
+    bars = []
+    for row in rows:
+        if row["test_acc"] is None:
+            note = f"{row['status']}: {error_line(row['error'], 80)}" if row["error"] else "no metrics.json (killed?)"
+        else:
+            note = f"{row['test_acc']:.3f}  {params_text(row['params'])}"
+        bars.append((row["test_acc"], None, note))
+    return bars
+
+
+def config_bars(configs: list[dict[str, Any]]) -> list[Bar]:
+    """A bar per configuration: its mean test accuracy ± std over seeds, ``n=3`` and its parameters."""
+    bars = []
+    for c in configs:
+        if c["n"] == 0:
+            note = f"no finished run ({c['failed']} failed or incomplete)"
+        else:
+            note = f"{fmt_mean_std(c['test_acc_mean'], c['test_acc_std'])}  n={c['n']}  {params_text(c['params'])}"
+        bars.append((c["test_acc_mean"], c["test_acc_std"], note))
+    return bars
+
+
+def draw_bars(axis: Any, labels: list[str], bars: list[Bar], colors: list[Any]) -> None:
+    """Horizontal bars, best on top, with error bars where given and their text beside them."""
+    starts = [value - (err or 0.0) for value, err, _ in bars if value is not None]
+    ends = [value + (err or 0.0) for value, err, _ in bars if value is not None]
+    low = max(0.0, math.floor((min(starts, default=0.5) - 0.05) * 20) / 20)
+    y = list(range(len(bars)))[::-1]
+    errors = [math.nan if err is None else err for _, err, _ in bars]  # NaN: no error bar (one seed)
+    xerr = errors if any(err is not None for _, err, _ in bars) else None
+    axis.barh(y, [value or 0.0 for value, _, _ in bars], xerr=xerr, color=colors, capsize=3)
+    for yi, (value, err, note) in zip(y, bars, strict=True):
+        if value is None:
+            axis.text(low + 0.005, yi, note, va="center", color="crimson", fontsize=9)
+        else:
+            axis.text(value + (err or 0.0) + 0.002, yi, note, va="center", fontsize=9)
+    axis.set_yticks(y, labels, fontsize=9)
+    axis.set_xlim(low, min(1.0, max(ends, default=1.0) + 0.1))
+    axis.grid(axis="x", alpha=0.3)
+
+
+def plot_report(
+    root: Path, rows: list[dict[str, Any]], path: Path, configs: list[dict[str, Any]] | None = None
+) -> None:
+    """Test accuracy (a bar per configuration, ± std over seeds, or per run) above the per-run curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    labels = run_labels(rows)
+    configs = aggregate_seeds(rows) if configs is None else configs
+    if any(c["n"] > 1 for c in configs):
+        labels, bars = run_labels(configs), config_bars(configs)
+        index = {config_key(c): i for i, c in enumerate(configs)}
+        group = [index[config_key(row)] for row in rows]  # the runs of a configuration share its colour
+        title = f"{len(configs)} configurations ({len(rows)} runs) in {root.name}: mean test accuracy ± std"
+        xlabel = "mean test accuracy over seeds (bar, ± std), seeds and parameters (text)"
+    else:
+        labels, bars, group = run_labels(rows), run_bars(rows), list(range(len(rows)))
+        title = f"{len(rows)} runs in {root.name}: test accuracy, best first"
+        xlabel = "test accuracy (bar), parameters (text)"
     # tab20's dark shades first, then the light ones, so that neighbours in the ranking differ.
-    colors = [plt.get_cmap("tab20")((2 * i) % 20 + (2 * i // 20) % 2) for i in range(len(rows))]
-    fig = plt.figure(figsize=(13, 4.2 + 0.32 * len(rows)), layout="constrained")
-    grid = fig.add_gridspec(2, 2, height_ratios=[0.9 + 0.3 * len(rows), 3.2])
-    bars, acc, loss = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+    colors = [plt.get_cmap("tab20")((2 * i) % 20 + (2 * i // 20) % 2) for i in range(len(bars))]
+    fig = plt.figure(figsize=(13, 4.2 + 0.32 * len(bars)), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[0.9 + 0.3 * len(bars), 3.2])
+    top, acc, loss = fig.add_subplot(grid[0, :]), fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+    draw_bars(top, labels, bars, colors)
+    top.set(xlabel=xlabel, title=title)
 
-    finished = [r["test_acc"] for r in rows if r["test_acc"] is not None]
-    low = max(0.0, math.floor((min(finished, default=0.5) - 0.05) * 20) / 20)
-    y = range(len(rows))[::-1]  # best run on top
-    bars.barh(list(y), [r["test_acc"] or 0.0 for r in rows], color=colors, left=0)
-    for yi, row in zip(y, rows, strict=True):
-        if row["test_acc"] is None:
-            note = f"{row['status']}: {error_line(row['error'], 80)}" if row["error"] else "no metrics.json (killed?)"
-            bars.text(low + 0.005, yi, note, va="center", color="crimson", fontsize=9)
-        else:
-            params = f"{row['params'] / 1000:,.1f}k params" if row["params"] else ""
-            bars.text(row["test_acc"] + 0.002, yi, f"{row['test_acc']:.3f}  {params}", va="center", fontsize=9)
-    bars.set_yticks(list(y), labels, fontsize=9)
-    bars.set_xlim(low, min(1.0, max(finished, default=1.0) + 0.1))
-    bars.set_xlabel("test accuracy (bar), parameters (text)")
-    bars.set_title(f"{len(rows)} runs in {root.name}: test accuracy, best first")
-    bars.grid(axis="x", alpha=0.3)
-
-    for row, label, color in zip(rows, labels, colors, strict=True):
+    legend: set[int] = set()  # the bars with an entry in the legend: one each, however many seeds
+    for row, g in zip(rows, group, strict=True):
         curves = read_curves(root / row["run"])
+        label = "_nolegend_" if g in legend else labels[g]
         for axis, tag in ((acc, "val/acc"), (loss, "train/loss_epoch")):
             values = curves.get(tag, [])
             if values:
-                axis.plot(
-                    range(1, len(values) + 1),
-                    values,
-                    color=color,
-                    label=label,
-                    marker="." if len(values) < 15 else None,
-                )
+                legend.add(g)
+                marker = "." if len(values) < 15 else None
+                axis.plot(range(1, len(values) + 1), values, color=colors[g], label=label, marker=marker)
     acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per epoch")
     loss.set(xlabel="epoch", ylabel="training loss", title="training loss per epoch")
     for axis in (acc, loss):
         axis.grid(alpha=0.3)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if acc.lines:
-        loss.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=2 if len(rows) > 16 else 1)
+        loss.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=2 if len(legend) > 16 else 1)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def write_report(root: Path | str) -> list[dict[str, Any]]:
-    """Write ``report.md``, ``report.csv`` and ``report.png`` into ``root``; return the rows, best first."""
+    """Write ``report.md``, the two CSVs and ``report.png`` into ``root``; return the rows, best first."""
     root = Path(root)
     if not root.is_dir():
         raise CnnlabError(f"{root} is not a folder; give a sweep dir (logs/multirun/<time>) or the log root (logs).")
     rows = load_runs(root)
     if not rows:
         raise CnnlabError(f"no runs under {root} (no metrics.json or .hydra/ folders); give a sweep dir or logs/.")
-    table = markdown_table(rows)
+    configs = aggregate_seeds(rows)
     failed = [r for r in rows if r["status"] != "ok"]
     summary = f"{len(rows)} runs, {len(failed)} failed or incomplete" if failed else f"{len(rows)} runs"
-    (root / "report.md").write_text(f"# Report: {root}\n\n{summary}. Sorted by test accuracy.\n\n{table}")
+    (root / "report.md").write_text(
+        f"# Report: {root}\n\n{summary}, {len(configs)} configurations. Sorted by (mean) test accuracy.\n\n"
+        f"## Configurations (mean ± std over seeds)\n\n{configs_table(configs)}\n## Runs\n\n{markdown_table(rows)}"
+    )
     write_csv(rows, root / "report.csv")
-    plot_report(root, rows, root / "report.png")
+    write_csv(configs, root / "report_configs.csv", CONFIG_COLUMNS)
+    plot_report(root, rows, root / "report.png", configs)
     return rows
 
 
 class ReportAfterSweep(Callback):
-    """Hydra callback: when a sweep (``-m``) ends, write its report into the sweep dir and print the table."""
+    """Hydra callback: when a sweep (``-m``) ends, write its report into the sweep dir and print its tables."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = write_report(sweep_dir)
-        log.info("report: %s\n%s", ", ".join(str(sweep_dir / name) for name in OUTPUTS), markdown_table(rows))
+        outputs = ", ".join(str(sweep_dir / name) for name in OUTPUTS)
+        log.info("report: %s\n%s\n%s", outputs, configs_table(aggregate_seeds(rows)), markdown_table(rows))
         failed = [r["run"] for r in rows if r["status"] != "ok"]
         if failed:
             log.warning("%d job(s) failed or did not finish: %s (errors in report.md)", len(failed), ", ".join(failed))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cnnlab.report DIR``: write the report files and print the table."""
+    """``python -m cnnlab.report DIR``: write the report files; print the runs, then the configurations."""
     parser = argparse.ArgumentParser(prog="python -m cnnlab.report", description=__doc__.splitlines()[0])
     parser.add_argument("dir", type=Path, help="a sweep dir (logs/multirun/<time>) or the log root (logs)")
     args = parser.parse_args(argv)
@@ -248,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"cnnlab: error: {problem}", file=sys.stderr)
         return 2
-    print(markdown_table(rows), end="")
+    print(markdown_table(rows) + "\n" + configs_table(aggregate_seeds(rows)), end="")
     print("\n" + "  ".join(str(args.dir / name) for name in OUTPUTS))
     return 0
 
