@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -16,17 +17,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from omegaconf import DictConfig, open_dict
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cnnlab.errors import CnnlabError
-from cnnlab.launch import is_multirun
 
 log = logging.getLogger("cnnlab.guards")
 
@@ -67,25 +66,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own transaction
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # same folder: the rename is atomic
-        try:
-            with open(temp, "xb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        folder = os.open(target.parent, os.O_RDONLY)  # make the rename itself durable (a power cut)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a process killed mid-save
-            stale.unlink(missing_ok=True)
+        with atomic_file(Path(path)) as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool | None = None
@@ -94,6 +76,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(
             path, map_location=map_location, weights_only=True if weights_only is None else weights_only
         )
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[IO[bytes]]:
+    """Write ``target`` all or nothing: a temp file in its folder, fsync, ``os.replace``, fsync of the folder.
+
+    A kill at any moment leaves either the old file or the new one, never a truncated one; temp files left by a
+    process killed mid-write are removed by the next write.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # same folder: the rename is atomic
+    try:
+        with open(temp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    folder = os.open(target.parent, os.O_RDONLY)  # make the rename itself durable (a power cut)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """``metrics.json`` and the like: a reader (a resumed sweep) sees the whole file or none."""
+    with atomic_file(path) as f:
+        f.write((json.dumps(data, indent=2) + "\n").encode())
 
 
 class DivergenceGuard(Callback):
@@ -214,22 +229,6 @@ def interruptions_reported(trainer: pl.Trainer) -> Iterator[None]:
     except SIGTERMException:
         saver = next((c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)), None)
         raise RunInterrupted.at("SIGTERM", trainer, saver.ckpt_path if saver else None) from None
-
-
-def resume_into_run_dir(cfg: DictConfig) -> None:
-    """Resuming ``<run dir>/checkpoints/*.ckpt`` writes into that run dir, so TensorBoard shows one run, not two.
-
-    The TensorBoard logger writes into the run dir itself (no version subfolder), so the resumed steps continue
-    the same curves. In a sweep each job keeps its own dir.
-    """
-    ckpt_path = cfg.get("ckpt_path")
-    if not ckpt_path or is_multirun():
-        return
-    checkpoints = Path(str(ckpt_path)).expanduser().resolve().parent
-    if checkpoints.name == "checkpoints" and str(checkpoints.parent) != cfg.paths.output_dir:
-        log.info("resuming into %s (this command's own dir keeps only its .hydra/ and log)", checkpoints.parent)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(checkpoints.parent)
 
 
 def _in_main_thread() -> bool:

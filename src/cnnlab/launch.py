@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import fcntl
 import hashlib
-import json
 import logging
 import os
 import re
@@ -29,6 +28,7 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.guards import write_json_atomically
 from cnnlab.report import round_floats
 
 log = logging.getLogger("cnnlab.launch")
@@ -143,7 +143,7 @@ def sweep_job(cfg: DictConfig) -> Iterator[None]:
             pin_gpu(cfg, hydra_cfg.job.num, Path(hydra_cfg.sweep.dir) / ".gpu-locks", cleanup)
         elif os.environ.get("SLURM_CPUS_PER_TASK"):
             set_threads(int(os.environ["SLURM_CPUS_PER_TASK"]), "SLURM_CPUS_PER_TASK")
-        cleanup.enter_context(relaunch_as_single_run(hydra_cfg))
+        cleanup.enter_context(relaunch_as_single_run(hydra_cfg, cfg.get("ckpt_path")))
         yield
 
 
@@ -167,16 +167,18 @@ def pin_gpu(cfg: DictConfig, job_num: int, lock_dir: Path, cleanup: ExitStack) -
 
 
 @contextmanager
-def relaunch_as_single_run(hydra_cfg: DictConfig) -> Iterator[None]:
+def relaunch_as_single_run(hydra_cfg: DictConfig, ckpt_path: str | None = None) -> Iterator[None]:
     """Make this job's DDP ranks start as single runs of this one job, in its folder.
 
     Lightning starts the other ranks by rerunning ``sys.argv`` plus ``hydra.run.dir=<run dir>``; in a multirun
     that argv is the whole sweep (hydra #2070), and ``hydra.run.dir`` is not the job's folder. Afterwards the
     process group and the variables Lightning set (``LOCAL_RANK``, ``MASTER_PORT``, ...) go, so that the next
-    job of the sweep starts ranks of its own instead of taking itself for one.
+    job of the sweep starts ranks of its own instead of taking itself for one. A job resumed from its checkpoint
+    (``ckpt_path``, set by ``cnnlab.resume``) has its ranks resume from it too.
     """
     saved_argv, saved_env = sys.argv[:], dict(os.environ)
-    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("ckpt_path=")]
+    sys.argv = [sys.argv[0], *overrides, *([f"ckpt_path={ckpt_path}"] if ckpt_path else [])]
     with read_write(hydra_cfg), open_dict(hydra_cfg):
         hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
     try:
@@ -197,6 +199,4 @@ def record_failure(output_dir: str | Path, err: BaseException, wall_s: float) ->
     trace = "" if isinstance(err, CnnlabError) else "\n" + "".join(traceback.format_exception(err))
     log.error("job failed, the sweep goes on: %s%s", error, trace)
     record = {**dict.fromkeys(RUN_METRICS), "wall_s": wall_s, "status": "failed", "error": error}
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomically(Path(output_dir) / "metrics.json", record)

@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from cnnlab.callbacks import ExamplesPerSecond
 from cnnlab.config import CONF_DIR, as_dict
 from cnnlab.errors import exit_on_user_error, user_error
-from cnnlab.guards import RunInterrupted, interruptions_reported, resume_into_run_dir
+from cnnlab.guards import RunInterrupted, interruptions_reported, write_json_atomically
 from cnnlab.launch import is_multirun, record_failure, sweep_job
 from cnnlab.module import ClassifierModule
+from cnnlab.resume import continue_job, resolve_resume
 from cnnlab.validate import validate_config
 
 log = logging.getLogger("cnnlab.train")
@@ -49,8 +50,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassifierModule, pl
 def train(cfg: DictConfig) -> dict[str, Any]:
     """One run: fit, test, write ``metrics.json``; returns the metrics."""
     start = time.time()
+    resolve_resume(cfg)  # ckpt_path=last; a resumed run writes into its checkpoint's run dir
     validate_config(cfg)
-    resume_into_run_dir(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
@@ -64,9 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in trainer.loggers:  # the HPARAMS tab: the whole config with the run's final metrics
             logger.log_hyperparams(run_hparams(cfg), {f"hp/{k}": metrics[k] for k in ("test_acc", "val_acc")})
             logger.finalize("success")
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_json_atomically(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         log.info("metrics: %s", json.dumps(metrics))
     return metrics
 
@@ -109,6 +108,9 @@ def main(cfg: DictConfig) -> float | None:
     start = time.time()
     with exit_on_user_error():  # a user mistake: one clear message, no traceback
         try:
+            finished = continue_job(cfg)  # a sweep re-run in its dir: skip finished jobs, resume interrupted ones
+            if finished is not None:
+                return finished.get("val_acc")
             with sweep_job(cfg):
                 metrics = train(cfg)
         except RunInterrupted as stop:  # Ctrl-C or SIGTERM: last.ckpt is saved; a sweep stops too

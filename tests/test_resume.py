@@ -1,0 +1,213 @@
+"""Finishing what was stopped: a killed sweep re-run in its dir (or through ``cnnlab.resume``) skips finished jobs,
+resumes the interrupted one from its checkpoint and runs the rest; ``ckpt_path=last``; the sweep's record."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cnnlab import resume
+from cnnlab.errors import ConfigError
+from conftest import TINY_OVERRIDES, run_cli, write_idx_set
+
+# Four jobs of 3 epochs x 25 steps, a step checkpoint every 5 steps: long enough to be caught mid-training.
+SWEEP = ["optimizer.lr=0.1,0.2,0.3,0.4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+
+
+def sweep_overrides(tmp_path: Path) -> list[str]:
+    data_dir = tmp_path / "data"
+    write_idx_set(data_dir / "FashionMNIST" / "raw", n_train=200 + 20)
+    return [
+        *SWEEP,
+        *TINY_OVERRIDES,
+        "trainer.limit_train_batches=null",
+        "trainer.max_epochs=3",
+        "data.batch_size=8",
+        "callbacks.step_checkpoint.every_n_train_steps=5",
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={tmp_path / 'logs'}",
+    ]
+
+
+def kill_sweep_mid_job(overrides: list[str], tmp_path: Path) -> Path:
+    """Start the sweep in a process group of its own; SIGKILL the group once 2 jobs finished and one is training."""
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cnnlab.train", "-m", *overrides],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            sweeps = list((tmp_path / "logs" / "multirun").glob("*"))
+            jobs = [p for p in sweeps[0].iterdir() if p.is_dir()] if sweeps else []
+            finished = [j for j in jobs if (j / "metrics.json").is_file()]
+            training = [j for j in jobs if (j / "checkpoints" / "last.ckpt").is_file() and j not in finished]
+            if len(finished) == 2 and training:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return sweeps[0]
+            if proc.poll() is not None:
+                pytest.fail(f"the sweep ended before it could be killed: {(tmp_path / 'first.log').read_text()[-3000:]}")
+            time.sleep(0.01)
+        pytest.fail("the sweep did not reach 2 finished jobs and one training in time")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def job_files(sweep_dir: Path) -> dict[str, bytes]:
+    return {p.parent.name: p.read_bytes() for p in sweep_dir.glob("*/metrics.json")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["same command", "cnnlab.resume"])
+def test_a_killed_sweep_is_finished_by_one_command(tmp_path, how):
+    overrides = sweep_overrides(tmp_path)
+    sweep_dir = kill_sweep_mid_job(overrides, tmp_path)
+    before = job_files(sweep_dir)
+    interrupted = [p.name for p in sweep_dir.iterdir() if resume.job_state(p) == "interrupted"]
+    assert len(before) == 2 and interrupted
+
+    if how == "same command":
+        result = run_cli("cnnlab.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    else:
+        result = run_cli("cnnlab.resume", str(sweep_dir), "hydra.launcher.n_jobs=1", cwd=tmp_path.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+
+    assert job_files(sweep_dir) == {**before, **job_files(sweep_dir)}  # the finished jobs' files: byte-identical
+    for name in before:
+        assert f"job {name} finished before" in output
+    for name in interrupted:
+        log = (sweep_dir / name / "train.log").read_text()
+        assert f"job {name} was interrupted: resuming from {sweep_dir / name / 'checkpoints' / 'last.ckpt'}" in log
+        assert "Restoring states from the checkpoint path" in log or "Restored all states" in output + log
+    metrics = {name: json.loads(data) for name, data in job_files(sweep_dir).items()}
+    assert len(metrics) == 4 and all(m["test_acc"] is not None and m["epochs"] == 3 for m in metrics.values())
+    with open(sweep_dir / "report.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    if how == "cnnlab.resume":
+        record = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())
+        assert "hydra.launcher.n_jobs=1" in record["hydra"]["overrides"]["hydra"]  # the extra override applied
+        assert "hydra.launcher.n_jobs=2" not in record["hydra"]["overrides"]["hydra"]
+
+
+def test_a_resume_with_other_overrides_is_refused_in_one_line(tmp_path, tiny_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {"hydra": {"overrides": {"task": ["optimizer.lr=0.1,0.9", *TINY_OVERRIDES, "paths.data_dir=/a"], "hydra": []}}}
+        )
+    )
+    result = run_cli(
+        "cnnlab.train",
+        "-m",
+        "optimizer.lr=0.1,0.5",
+        *TINY_OVERRIDES,
+        f"paths.data_dir={tiny_data_dir}",  # where the data is may change; what runs may not
+        f"hydra.sweep.dir={sweep_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("cnnlab: error:")]
+    assert len(error) == 1 and "optimizer.lr=0.1,0.5 (not in the sweep); optimizer.lr=0.1,0.9 missing" in error[0]
+    assert not list(sweep_dir.glob("0_*"))  # nothing ran
+
+
+def test_differences_name_what_changed():
+    assert resume.differences(["a=1,2", "paths.data_dir=/x"], ["a=1,2", "paths.data_dir=/y"]) == ""
+    assert resume.differences(["a=1,2", "b=3"], ["b=3", "a=1,2"]).startswith("the same overrides in another order")
+    assert resume.differences(["a=1,2"], ["a=1,2", "b=3"]) == "b=3 (not in the sweep)"
+    assert resume.differences(["sweep=chapter6"], ["sweep=lr_epochs"]) == (
+        "sweep=lr_epochs (not in the sweep); sweep=chapter6 missing"
+    )
+
+
+def test_resume_command_replays_the_sweep_with_extra_overrides_last(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    record = {
+        "hydra": {
+            "overrides": {
+                "task": ["sweep=chapter6", "seed=1,2"],
+                "hydra": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.mode=MULTIRUN"],
+            },
+            "runtime": {"cwd": str(tmp_path)},
+        }
+    }
+    (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump(record))
+    command, cwd = resume.resume_command(sweep_dir, ["hydra.launcher.n_jobs=1"])
+    assert command == [
+        "-m",
+        "sweep=chapter6",
+        "seed=1,2",
+        "hydra/launcher=joblib",
+        f"hydra.sweep.dir={sweep_dir.resolve()}",
+        "hydra.launcher.n_jobs=1",
+    ]
+    assert cwd == tmp_path
+    with pytest.raises(ConfigError, match="not a sweep dir"):
+        resume.resume_command(tmp_path, [])
+
+
+def test_resume_cli_refuses_a_folder_that_is_no_sweep(tmp_path):
+    result = run_cli("cnnlab.resume", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("cnnlab: error:") and "multirun.yaml" in result.stderr
+
+
+def test_job_states(tmp_path):
+    job = tmp_path / "0_x"
+    assert resume.job_state(job) == "new"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert resume.job_state(job) == "interrupted"
+    (job / "metrics.json").write_text('{"test_acc": 0.5')  # cut short by a kill
+    assert resume.job_state(job) == "interrupted"
+    (job / "metrics.json").write_text(json.dumps({"status": "failed", "test_acc": None}))
+    assert resume.job_state(job) == "failed"
+    (job / "metrics.json").write_text(json.dumps({"test_acc": 0.5}))
+    assert resume.job_state(job) == "finished"
+
+
+def test_a_failed_attempt_is_set_aside_not_resumed(tmp_path):
+    job = tmp_path / "1_x"
+    (job / "checkpoints").mkdir(parents=True)
+    (job / ".hydra").mkdir()
+    for name in ("checkpoints/last.ckpt", "metrics.json", "events.out.tfevents.1", "train.log"):
+        (job / name).write_text(name)
+    kept = resume.set_aside_failed_attempt(job)
+    assert kept.name == "failed-attempt-1"
+    assert sorted(p.name for p in job.iterdir()) == [".hydra", "failed-attempt-1", "train.log"]
+    assert (kept / "checkpoints" / "last.ckpt").read_text() == "checkpoints/last.ckpt"
+    assert resume.job_state(job) == "new"
+
+
+def test_ckpt_path_last_picks_the_newest_run_of_the_same_name(tmp_path):
+    runs = tmp_path / "lenet-fashion_mnist"
+    for name in ("2026-01-01_10-00-00_000001", "2026-01-02_09-00-00_000001", "2026-01-03_09-00-00_000001"):
+        (runs / name).mkdir(parents=True)
+    for name in ("2026-01-01_10-00-00_000001", "2026-01-02_09-00-00_000001"):
+        (runs / name / "checkpoints").mkdir()
+        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    picked = resume.newest_last_checkpoint(tmp_path, "lenet-fashion_mnist", str(runs / "2026-01-03_09-00-00_000001"))
+    assert picked == runs / "2026-01-02_09-00-00_000001" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="ckpt_path=last: no run of lenet_k3-fashion_mnist"):
+        resume.newest_last_checkpoint(tmp_path, "lenet_k3-fashion_mnist", "")
