@@ -88,3 +88,18 @@ def test_train_returns_learned_metrics(tiny_cfg):
     )
     # the tiny images encode the label in their brightness: a working pipeline learns it
     assert metrics["test_acc"] > 0.5, metrics
+
+
+def test_ckpt_path_last_resumes_the_newest_run_and_leaves_no_empty_run_dir(tmp_path, tiny_data_dir):
+    overrides = [*TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}"]
+    first = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path / "logs")
+    resumed = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=2", "ckpt_path=last", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"ckpt_path=last: resuming {run_dir}, the newest of 1 runs of lenet-fashion_mnist" in resumed.stdout
+    assert list((tmp_path / "logs" / "lenet-fashion_mnist").iterdir()) == [run_dir]  # no second, empty run dir
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+    log = (run_dir / "train.log").read_text()
+    assert log.count("metrics: ") == 2 and "resuming into" in log  # the resuming command's log, appended
+    assert len(list((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))) == 1
