@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
@@ -62,7 +63,8 @@ def kill_sweep_mid_job(overrides: list[str], tmp_path: Path) -> Path:
                 proc.wait()
                 return sweeps[0]
             if proc.poll() is not None:
-                pytest.fail(f"the sweep ended before it could be killed: {(tmp_path / 'first.log').read_text()[-3000:]}")
+                printed = (tmp_path / "first.log").read_text()[-3000:]
+                pytest.fail(f"the sweep ended before it could be killed: {printed}")
             time.sleep(0.01)
         pytest.fail("the sweep did not reach 2 finished jobs and one training in time")
     finally:
@@ -111,11 +113,8 @@ def test_a_killed_sweep_is_finished_by_one_command(tmp_path, how):
 def test_a_resume_with_other_overrides_is_refused_in_one_line(tmp_path, tiny_data_dir):
     sweep_dir = tmp_path / "sweep"
     sweep_dir.mkdir()
-    (sweep_dir / "multirun.yaml").write_text(
-        yaml.safe_dump(
-            {"hydra": {"overrides": {"task": ["optimizer.lr=0.1,0.9", *TINY_OVERRIDES, "paths.data_dir=/a"], "hydra": []}}}
-        )
-    )
+    task = ["optimizer.lr=0.1,0.9", *TINY_OVERRIDES, "paths.data_dir=/a"]
+    (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task, "hydra": []}}}))
     result = run_cli(
         "cnnlab.train",
         "-m",
@@ -211,3 +210,33 @@ def test_ckpt_path_last_picks_the_newest_run_of_the_same_name(tmp_path):
     assert picked == runs / "2026-01-02_09-00-00_000001" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="ckpt_path=last: no run of lenet_k3-fashion_mnist"):
         resume.newest_last_checkpoint(tmp_path, "lenet_k3-fashion_mnist", "")
+
+
+@pytest.mark.slow
+def test_a_killed_optuna_search_continues_its_study(tmp_path):
+    overrides = [
+        "sweep=optuna",
+        "hydra.sweeper.n_trials=4",
+        "optimizer=adam",
+        "model.conv_channels=[6,16]",  # fixed here: the search keeps optimizer.lr, model.activation, model.pool
+        *[o for o in sweep_overrides(tmp_path) if o not in SWEEP],
+    ]
+    sweep_dir = kill_sweep_mid_job(overrides, tmp_path)
+    before = job_files(sweep_dir)
+    (interrupted,) = [p.name for p in sweep_dir.iterdir() if resume.job_state(p) == "interrupted"]
+    assert interrupted.startswith("2_")
+
+    result = run_cli("cnnlab.resume", str(sweep_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    study = optuna.load_study(study_name="lenet", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4  # 4 trials, not 6
+    assert "trial 2 was running when the sweep stopped: running it again" in result.stdout + result.stderr
+    assert f"job {interrupted} was interrupted: resuming from" in (sweep_dir / interrupted / "train.log").read_text()
+    after = job_files(sweep_dir)
+    assert len(after) == 4 and {k: after[k] for k in before} == before
+    assert sorted(int(name.split("_")[0]) for name in after) == [0, 1, 2, 3]  # one job dir per trial number
+    with open(sweep_dir / "report.csv") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(t.value for t in study.trials))

@@ -63,7 +63,9 @@ def test_every_sweep_composes_and_its_jobs_build(name, tiny_cfg):
     params = cfg.hydra.sweeper.params
     assert params, f"sweep={name} sweeps nothing"
     if "Optuna" in cfg.hydra.sweeper._target_:
-        assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.sweeper.storage is None
+        assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.sweeper.storage == (
+            f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db"  # the study lives in the sweep dir: a stopped one continues
+        )
         parser = OverridesParser.create()
         first_choices = []
         for key, value in params.items():

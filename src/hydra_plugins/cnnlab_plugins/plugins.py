@@ -1,0 +1,88 @@
+"""cnnlab's Hydra plugins (Hydra takes plugins only from the ``hydra_plugins`` package): Hydra's sweeper and
+launchers, made to survive: an Optuna study that continues, quiet SLURM polling.
+
+- ``OptunaSweeper``: Hydra's Optuna sweeper with the study kept in the sweep dir (``sweeps/optuna.yaml``: SQLite).
+  Re-running the sweep in its dir continues the study: finished trials are not repeated, a trial that was
+  running when the sweep stopped runs again in its own job dir (resuming from its ``last.ckpt``), and only the
+  trials still missing from ``hydra.sweeper.n_trials`` are asked for.
+- ``SlurmLauncher``: submitit's SLURM launcher without submitit's three-line warning on every poll of a cluster
+  that keeps no accounting (``sacct`` fails there; submitit falls back to ``squeue``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as HydraOptunaSweeper
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
+
+if TYPE_CHECKING:  # Hydra imports every plugin module when it starts: optuna only when a sweep uses it
+    import optuna
+    from optuna.trial import FrozenTrial
+
+log = logging.getLogger("cnnlab.plugins")
+
+
+class OptunaSweeper(HydraOptunaSweeper):
+    """Hydra's Optuna sweeper whose study, kept in persistent storage, is continued when the sweep runs again."""
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+        from optuna.trial import TrialState
+
+        impl = self.sweeper
+        if impl.storage and str(impl.storage).startswith("sqlite:///"):
+            Path(str(impl.sweep_dir)).mkdir(parents=True, exist_ok=True)  # the study's file lives there
+        study = optuna.create_study(
+            study_name=impl.study_name, storage=impl.storage, directions=impl._get_directions(), load_if_exists=True
+        )
+        stopped = [t for t in study.trials if t.state == TrialState.RUNNING]
+        if study.trials:
+            log.info("study %s holds %d trials (%d stopped while running): continuing it", study.study_name,
+                     len(study.trials), len(stopped))  # fmt: skip
+        if stopped:
+            impl._process_searchspace_config()
+            _, fixed = create_params_from_overrides(impl._parse_sweeper_params_config() + list(arguments))
+            for trial in stopped:
+                rerun_trial(study, trial, fixed, impl.launcher)
+        impl.job_idx = len(study.trials)  # job numbers follow trial numbers: each trial keeps its job dir
+        impl.n_trials = max(0, impl.n_trials - len(study.trials))
+        if impl.n_trials == 0:
+            log.info("the study has its %d trials: nothing left to run", len(study.trials))
+        impl.sweep(arguments)
+
+
+def rerun_trial(study: optuna.Study, trial: FrozenTrial, fixed: dict[str, Any], launcher: Any) -> None:
+    """Run a trial that a stopped sweep left running, with its parameters, in its own job dir; tell the study."""
+    overrides = [f"{name}={value}" for name, value in {**trial.params, **fixed}.items()]
+    from optuna.trial import TrialState
+
+    log.info("trial %d was running when the sweep stopped: running it again (%s)", trial.number, " ".join(overrides))
+    (result,) = launcher.launch([overrides], initial_job_idx=trial.number)
+    value = result.return_value if result.status == JobStatus.COMPLETED else None
+    if value is None:
+        study.tell(trial.number, state=TrialState.FAIL)
+    else:
+        study.tell(trial.number, float(value))
+
+
+class QuietSacctPolls(logging.Filter):
+    """Drop submitit's "Bypassing sacct error" warning, logged on every poll where SLURM keeps no accounting."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Bypassing sacct error" not in record.getMessage()
+
+
+class SlurmLauncher(HydraSlurmLauncher):
+    """Hydra's submitit SLURM launcher, quiet on clusters without accounting."""
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        submitit_log = logging.getLogger("submitit")
+        if not any(isinstance(f, QuietSacctPolls) for f in submitit_log.filters):
+            submitit_log.addFilter(QuietSacctPolls())
+        return super().launch(job_overrides, initial_job_idx)
