@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := dataset-fashion-mnist
+APT_PACKAGES := dataset-fashion-mnist slurm-wlm munge
 
 .PHONY: install system-packages train test lint bench
 
@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: system-packages $(VENV)/.installed
 
-# Debian packages: the real Fashion-MNIST (and what the tests drive: a headless browser).
+# Debian packages: the real Fashion-MNIST, SLURM and munge (the tests start a one-node cluster with
+# scripts/local-slurm.sh), and what the tests drive: a headless browser.
 system-packages:
 	@if command -v apt-get >/dev/null && ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +123,80 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 300) -> subproc
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+# A real one-node SLURM cluster (scripts/local-slurm.sh), for the tests that submit jobs.
+LOCAL_SLURM = Path(__file__).resolve().parents[1] / "scripts" / "local-slurm.sh"
+SLURM_TOOLS = ("slurmctld", "slurmd", "munged", "sbatch")
+
+
+@dataclass(frozen=True)
+class SlurmCluster:
+    dir: Path  # all the cluster's state, logs and sockets
+    conf: Path  # its slurm.conf, also in os.environ["SLURM_CONF"] while the session runs
+
+
+def _slurm_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    """A short directory that every user can traverse (munged insists on it; unix sockets need < 108 bytes).
+
+    pytest's own base dir is usually /tmp/pytest-of-<user> with mode 0700, so this mostly falls back to a
+    fresh /tmp/cnnlab-slurm-*; the bool says whether the directory is ours to remove at the end.
+    """
+    path = tmp_path_factory.mktemp("slurm")
+    parents = [path.parent, *path.parent.parents]
+    if len(str(path)) <= 60 and all(p.stat().st_mode & stat.S_IXOTH for p in parents):
+        return path, False
+    return Path(tempfile.mkdtemp(prefix="cnnlab-slurm-", dir="/tmp")), True
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """Start a one-node SLURM cluster for the session, point SLURM_CONF at it, and always stop it."""
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing:
+        not_found = ", ".join(missing)
+        pytest.skip(f"slurm-wlm/munge not installed ({not_found} not on PATH): apt-get install slurm-wlm munge")
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (slurmd and munged run as root/munge)")
+    cluster_dir, remove_dir = _slurm_dir(tmp_path_factory)
+    previous = os.environ.get("SLURM_CONF")
+
+    def stop() -> None:
+        result = subprocess.run(
+            ["bash", str(LOCAL_SLURM), "stop", str(cluster_dir)], capture_output=True, text=True, timeout=120
+        )
+        if result.returncode != 0:
+            print(f"local-slurm.sh stop failed ({result.returncode}):\n{result.stdout}{result.stderr}", file=sys.stderr)
+
+    try:
+        started = subprocess.run(
+            ["bash", str(LOCAL_SLURM), "start", str(cluster_dir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:
+        stop()
+        output = b"".join(o if isinstance(o, bytes) else o.encode() for o in (exc.stdout, exc.stderr) if o)
+        pytest.fail(f"local-slurm.sh start {cluster_dir} timed out:\n{output.decode(errors='replace')}", pytrace=False)
+    lines = started.stdout.strip().splitlines()
+    if started.returncode != 0 or not lines or not lines[-1].startswith("export SLURM_CONF="):
+        stop()
+        pytest.fail(
+            f"local-slurm.sh start {cluster_dir} failed ({started.returncode}; its logs are kept there):\n"
+            f"{started.stdout}{started.stderr}",
+            pytrace=False,
+        )
+    conf = Path(lines[-1].removeprefix("export SLURM_CONF="))
+    os.environ["SLURM_CONF"] = str(conf)
+    try:
+        yield SlurmCluster(dir=cluster_dir, conf=conf)
+    finally:
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+        stop()
+        if remove_dir:
+            shutil.rmtree(cluster_dir, ignore_errors=True)
