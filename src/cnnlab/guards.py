@@ -172,37 +172,56 @@ class DivergenceGuard(Callback):
 
 
 class InterruptCheckpoint(Callback):
-    """Ctrl-C (SIGINT) or SIGTERM: finish the current step, save ``dirpath/last.ckpt``, stop with ``RunInterrupted``.
+    """Ctrl-C (SIGINT), SIGTERM or SLURM's warning (SIGUSR2): finish the step, save ``last.ckpt``, stop.
 
     Not Lightning's ``OnExceptionCheckpoint``: that one saves on every exception (a diverged run would overwrite
     the last good checkpoint), deletes its file at teardown, and makes ``fit(ckpt_path=None)`` resume from
     ``last`` on its own. SIGTERM goes through Lightning's handler (``trainer.received_sigterm``); a second Ctrl-C
-    stops at once, without saving a half-done step.
+    stops at once, without saving a half-done step. Under DDP, rank 0 turns Ctrl-C into Lightning's SIGTERM
+    path, whose flag rank 0 broadcasts before every step, so every rank stops after the same step and one
+    ``last.ckpt`` is written. In a submitit job (``hydra/launcher=slurm``) SIGUSR2, which SLURM sends before the
+    time limit or at preemption, saves ``last.ckpt`` the same way and then hands over to submitit, which
+    requeues the job: it resumes from that checkpoint in its own job dir (``cnnlab.resume``).
     """
 
     def __init__(self, dirpath: str, filename: str = "last") -> None:
         self.ckpt_path = str(Path(dirpath) / f"{filename}.ckpt")
         self.requested: str | None = None
-        self._previous_sigint: Any = None
+        self.requeue: Any = None  # submitit's SIGUSR2 handler: requeues the job and exits
+        self._previous: dict[int, Any] = {}
+        self._trainer: pl.Trainer | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and _in_main_thread():
-            self.requested = None
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        if stage != "fit" or not _in_main_thread():
+            return
+        self.requested, self._trainer = None, trainer
+        signals = [signal.SIGINT, *([signal.SIGUSR2] if "SUBMITIT_EXECUTOR" in os.environ else [])]
+        for signum in signals:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+        self.requeue = self._previous.get(signal.SIGUSR2)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._previous_sigint is not None and _in_main_thread():
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+        if _in_main_thread():
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous.clear()
+        self._trainer = None
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.requested:  # the second Ctrl-C: stop now, without saving a half-done step
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested == "SIGINT" and signum == signal.SIGINT:  # the second Ctrl-C: stop now, unsaved
             raise KeyboardInterrupt
-        self.requested = "SIGINT"
+        if self.requested:
+            return
+        self.requested = signal.Signals(signum).name
         # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
-        os.write(2, b"\ncnnlab: Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again: stop now).\n")
+        os.write(2, STOPPING[self.requested])
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1 and trainer.is_global_zero:
+            trainer._signal_connector._sigterm_notifier_fn(signal.SIGTERM, frame)  # Lightning's coordinated stop
 
     def _stop_if_requested(self, trainer: pl.Trainer) -> None:
+        if trainer.world_size > 1:
+            return  # Lightning raises SIGTERMException on every rank after the same step
         if trainer.received_sigterm:
             self.requested = "SIGTERM"
         if self.requested:
@@ -221,14 +240,28 @@ class InterruptCheckpoint(Callback):
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)
 
 
+STOPPING = {
+    "SIGINT": b"\ncnnlab: Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again: stop now).\n",
+    "SIGUSR2": b"\ncnnlab: SLURM says the job ends soon (time limit or preemption): saving a checkpoint after this "
+    b"step, then the job is requeued and resumes from it.\n",
+}
+
+
 @contextmanager
 def interruptions_reported(trainer: pl.Trainer) -> Iterator[None]:
-    """Report a SIGTERM that Lightning ended with ``SIGTERMException`` (exit status 0) as ``RunInterrupted``."""
+    """Report a run stopped by a signal as ``RunInterrupted`` (Lightning ends a SIGTERM with ``SIGTERMException``,
+    exit status 0); a job that SLURM warned (SIGUSR2) is requeued by submitit once its checkpoint is saved."""
+    saver = next((c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)), None)
     try:
         yield
-    except SIGTERMException:
-        saver = next((c for c in trainer.callbacks if isinstance(c, InterruptCheckpoint)), None)
-        raise RunInterrupted.at("SIGTERM", trainer, saver.ckpt_path if saver else None) from None
+    except (SIGTERMException, RunInterrupted) as stopped:
+        if isinstance(stopped, SIGTERMException):
+            signal_name = (saver.requested if saver else None) or "SIGTERM"
+            stopped = RunInterrupted.at(signal_name, trainer, saver.ckpt_path if saver else None)
+        if saver is not None and saver.requested == "SIGUSR2" and callable(saver.requeue):
+            log.info("saved %s; submitit requeues the job", saver.ckpt_path)
+            saver.requeue(signal.SIGUSR2, None)  # submitit: requeue, then exit (returns on ranks other than 0)
+        raise stopped from None
 
 
 def _in_main_thread() -> bool:

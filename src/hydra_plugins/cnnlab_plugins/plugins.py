@@ -11,6 +11,7 @@ launchers, made to survive: an Optuna study that continues, quiet SLURM polling.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,10 +79,28 @@ class QuietSacctPolls(logging.Filter):
         return "Bypassing sacct error" not in record.getMessage()
 
 
+@functools.cache
+def quiet_sacct_watcher() -> Any:
+    """submitit's SLURM job watcher with ``sacct``'s stderr kept from the terminal (built when first needed, so
+    that Hydra's plugin scan at every start does not import submitit)."""
+    from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+
+    class QuietSacctWatcher(SlurmInfoWatcher):
+        def _make_command(self) -> list[str] | None:
+            command = super()._make_command()
+            return command and ["sh", "-c", '"$0" "$@" 2>/dev/null', *command]
+
+    return QuietSacctWatcher(delay_s=SlurmJob.watcher._delay_s)
+
+
 class SlurmLauncher(HydraSlurmLauncher):
-    """Hydra's submitit SLURM launcher, quiet on clusters without accounting."""
+    """Hydra's submitit SLURM launcher, quiet on clusters without accounting: submitit polls ``sacct``, which
+    there prints "Slurm accounting storage is disabled" and fails; submitit then goes by the jobs' result files."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from submitit.slurm.slurm import SlurmJob
+
+        SlurmJob.watcher = quiet_sacct_watcher()
         submitit_log = logging.getLogger("submitit")
         if not any(isinstance(f, QuietSacctPolls) for f in submitit_log.filters):
             submitit_log.addFilter(QuietSacctPolls())

@@ -1,0 +1,133 @@
+"""``hydra/launcher=slurm`` on a real one-node SLURM cluster (scripts/local-slurm.sh): a sweep, a preempted job
+that is requeued and finishes from its checkpoint, and a 2-task DDP job."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY_OVERRIDES, run_cli, write_idx_set
+from test_ddp import whole_test_set_accuracy
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
+
+# CPU jobs of one core and little memory, so that the one node runs two at once.
+SLURM = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=null",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=10",
+]
+
+
+def only_sweep(log_dir: Path) -> Path:
+    (sweep,) = (log_dir / "multirun").iterdir()
+    return sweep
+
+
+def test_a_sweep_runs_as_a_slurm_job_array_quietly(tmp_path, tiny_data_dir):
+    log_dir = tmp_path / "logs"
+    result = run_cli(
+        "cnnlab.train",
+        "-m",
+        "optimizer.lr=0.1,0.5",
+        *SLURM,
+        *TINY_OVERRIDES,
+        f"paths.data_dir={tiny_data_dir}",
+        f"paths.log_dir={log_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = only_sweep(log_dir)
+    metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert len(metrics) == 2 and all(m["test_acc"] is not None for m in metrics)
+    with open(sweep / "report.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["ok", "ok"]
+    assert len(list(sweep.glob(".submitit/*/*_log.out"))) == 2  # the jobs ran under SLURM, logs beside the sweep
+    output = result.stdout + result.stderr
+    assert "Bypassing sacct error" not in output and "accounting storage is disabled" not in output
+
+
+def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path):
+    data_dir = tmp_path / "data"
+    write_idx_set(data_dir / "FashionMNIST" / "raw", n_train=1000 + 20)  # 125 steps an epoch: time to signal it
+    log_dir = tmp_path / "logs"
+    overrides = [
+        *SLURM,
+        *TINY_OVERRIDES,
+        "trainer.limit_train_batches=null",
+        "trainer.max_epochs=2",
+        "data.batch_size=8",
+        "callbacks.step_checkpoint.every_n_train_steps=10",
+        "hydra.launcher.timeout_min=30",  # far from its time limit, so submitit takes the signal for preemption
+        f"paths.data_dir={data_dir}",
+        f"paths.log_dir={log_dir}",
+    ]
+    with open(tmp_path / "sweep.log", "w") as out:
+        sweep_proc = subprocess.Popen(
+            [sys.executable, "-m", "cnnlab.train", "-m", "optimizer.lr=0.1", *overrides],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(log_dir.glob("multirun/*/0_*/checkpoints/last.ckpt")):  # training, step 10 saved
+            assert sweep_proc.poll() is None and time.monotonic() < deadline, (tmp_path / "sweep.log").read_text()
+            time.sleep(0.1)
+        sweep = only_sweep(log_dir)
+        (job_id,) = [p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit()]
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)  # what SLURM sends first
+        assert sweep_proc.wait(timeout=240) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if sweep_proc.poll() is None:
+            sweep_proc.kill()
+            sweep_proc.wait()
+
+    (job_dir,) = [p for p in sweep.iterdir() if p.name.startswith("0_")]
+    job_log = "".join(p.read_text() for p in (sweep / ".submitit" / job_id).glob("*_log.*"))
+    assert "SLURM says the job ends soon" in job_log and "this job is preempted" in job_log
+    assert f"Requeued job {job_id}" in job_log
+    assert f"job {job_dir.name} was interrupted: resuming from" in (job_dir / "train.log").read_text()
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["test_acc"] is not None
+    steps = [e.step for e in EventAccumulator(str(job_dir)).Reload().Scalars("train/loss_step")]
+    assert min(steps) < 10 and max(steps) >= 2 * 125 - 50, steps  # one TensorBoard run holds all the steps
+    assert not list(sweep.glob("*/failed-attempt-*"))
+
+
+def test_a_two_task_ddp_job_tests_on_the_whole_test_set(tmp_path, tiny_data_dir):
+    log_dir = tmp_path / "logs"
+    result = run_cli(
+        "cnnlab.train",
+        "-m",
+        "optimizer.lr=0.1",
+        *SLURM,
+        "hydra.launcher.tasks_per_node=2",  # two processes on the node, SLURM starts both: Lightning's SLURM env
+        *[o for o in TINY_OVERRIDES if o != "trainer=debug"],
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        f"paths.data_dir={tiny_data_dir}",
+        f"paths.log_dir={log_dir}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = only_sweep(log_dir)
+    job_logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in job_logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in job_logs
+    (metrics_file,) = sweep.glob("*/metrics.json")
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["test_acc"] == pytest.approx(
+        whole_test_set_accuracy(metrics_file.parent / "checkpoints" / "last.ckpt", tiny_data_dir)
+    )
