@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +16,7 @@ import torch
 
 from cnnlab.data import MNISTDataModule, TensorBatches
 from cnnlab.module import ClassifierModule
-from conftest import TINY_OVERRIDES, TINY_TEST, run_cli
+from conftest import TINY_OVERRIDES, TINY_TEST, run_cli, write_idx_set
 
 # trainer=ddp_cpu instead of trainer=debug: two CPU processes, one short epoch.
 DDP_OVERRIDES = [o for o in TINY_OVERRIDES if o != "trainer=debug"] + [
@@ -91,3 +97,36 @@ def test_evaluation_shards_cover_every_example_once(world_size):
         [y for rank in range(world_size) for _, y in TensorBatches(images, labels, 8, rank=rank, world_size=world_size)]
     )
     assert sorted(seen.tolist()) == list(range(41))
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_ddp_stops_every_rank_after_the_same_step_with_one_checkpoint(tmp_path):
+    data_dir = tmp_path / "data"
+    write_idx_set(data_dir / "FashionMNIST" / "raw", n_train=1000 + 20)  # 2 ranks x 4 a step: 125 steps an epoch
+    log_dir = tmp_path / "logs"
+    with open(tmp_path / "out.log", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cnnlab.train", *DDP_OVERRIDES, "data.batch_size=8", "trainer.max_epochs=2",
+             "callbacks.step_checkpoint.every_n_train_steps=10", f"paths.data_dir={data_dir}",
+             f"paths.log_dir={log_dir}"],
+            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(log_dir.glob("*/*/checkpoints/last.ckpt")):  # both ranks are training
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "out.log").read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: every process of the group gets it
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    printed = (tmp_path / "out.log").read_text()
+    assert proc.returncode == 130, printed[-3000:]
+    stops = re.findall(r"cnnlab: run interrupted by SIGINT at step (\d+) \(epoch 0\); saved (\S+/last\.ckpt);", printed)
+    assert len(stops) == 2 and stops[0] == stops[1], printed[-3000:]  # rank 0 and rank 1, after the same step
+    (checkpoint,) = log_dir.glob("*/*/checkpoints/last*.ckpt")
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == int(stops[0][0])
+    assert "Traceback" not in printed

@@ -177,11 +177,12 @@ class InterruptCheckpoint(Callback):
     Not Lightning's ``OnExceptionCheckpoint``: that one saves on every exception (a diverged run would overwrite
     the last good checkpoint), deletes its file at teardown, and makes ``fit(ckpt_path=None)`` resume from
     ``last`` on its own. SIGTERM goes through Lightning's handler (``trainer.received_sigterm``); a second Ctrl-C
-    stops at once, without saving a half-done step. Under DDP, rank 0 turns Ctrl-C into Lightning's SIGTERM
-    path, whose flag rank 0 broadcasts before every step, so every rank stops after the same step and one
-    ``last.ckpt`` is written. In a submitit job (``hydra/launcher=slurm``) SIGUSR2, which SLURM sends before the
-    time limit or at preemption, saves ``last.ckpt`` the same way and then hands over to submitit, which
-    requeues the job: it resumes from that checkpoint in its own job dir (``cnnlab.resume``).
+    stops at once, without saving a half-done step. Under DDP the ranks agree after each step (one all-reduce of
+    a flag; on a GPU every ``trainer.log_every_n_steps`` steps) whether any of them was signalled, SIGTERM
+    included, so every rank stops after the same step and one ``last.ckpt`` is written. In a submitit job
+    (``hydra/launcher=slurm``) SIGUSR2, which SLURM sends before the time limit or at preemption, saves
+    ``last.ckpt`` the same way and then hands over to submitit, which requeues the job: it resumes from that
+    checkpoint in its own job dir (``cnnlab.resume``).
     """
 
     def __init__(self, dirpath: str, filename: str = "last") -> None:
@@ -189,39 +190,45 @@ class InterruptCheckpoint(Callback):
         self.requested: str | None = None
         self.requeue: Any = None  # submitit's SIGUSR2 handler: requeues the job and exits
         self._previous: dict[int, Any] = {}
-        self._trainer: pl.Trainer | None = None
+        self._every = 1
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" or not _in_main_thread():
             return
-        self.requested, self._trainer = None, trainer
-        signals = [signal.SIGINT, *([signal.SIGUSR2] if "SUBMITIT_EXECUTOR" in os.environ else [])]
-        for signum in signals:
-            self._previous[signum] = signal.signal(signum, self._on_signal)
+        self.requested = None
+        self._take(signal.SIGINT, *([signal.SIGUSR2] if "SUBMITIT_EXECUTOR" in os.environ else []))
         self.requeue = self._previous.get(signal.SIGUSR2)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._every = 1 if pl_module.device.type == "cpu" else max(1, trainer.log_every_n_steps)
+        if trainer.world_size > 1 and _in_main_thread():
+            self._take(signal.SIGTERM)  # in place of Lightning's, whose stop the ranks do not agree on
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if _in_main_thread():
-            for signum, handler in self._previous.items():
+            for signum, handler in reversed(self._previous.items()):
                 signal.signal(signum, handler)
             self._previous.clear()
-        self._trainer = None
+
+    def _take(self, *signums: int) -> None:
+        for signum in signums:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.requested == "SIGINT" and signum == signal.SIGINT:  # the second Ctrl-C: stop now, unsaved
             raise KeyboardInterrupt
-        if self.requested:
-            return
-        self.requested = signal.Signals(signum).name
-        # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
-        os.write(2, STOPPING[self.requested])
-        trainer = self._trainer
-        if trainer is not None and trainer.world_size > 1 and trainer.is_global_zero:
-            trainer._signal_connector._sigterm_notifier_fn(signal.SIGTERM, frame)  # Lightning's coordinated stop
+        if not self.requested:
+            self.requested = signal.Signals(signum).name
+            # os.write, not print: a handler that prints while the main thread prints raises "reentrant call"
+            os.write(2, STOPPING.get(self.requested, b""))
 
-    def _stop_if_requested(self, trainer: pl.Trainer) -> None:
-        if trainer.world_size > 1:
-            return  # Lightning raises SIGTERMException on every rank after the same step
+    def _stop_if_requested(self, trainer: pl.Trainer, every_step: bool = False) -> None:
+        if trainer.world_size > 1:  # stop when the ranks agree one of them was signalled: all after this step
+            if every_step and trainer.global_step % self._every:
+                return
+            if trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
+                raise RunInterrupted.at(self.requested or "SIGTERM", trainer, self.ckpt_path)  # another rank's
+            return
         if trainer.received_sigterm:
             self.requested = "SIGTERM"
         if self.requested:
@@ -230,7 +237,7 @@ class InterruptCheckpoint(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._stop_if_requested(trainer)
+        self._stop_if_requested(trainer, every_step=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._stop_if_requested(trainer)
@@ -240,7 +247,7 @@ class InterruptCheckpoint(Callback):
             trainer.save_checkpoint(self.ckpt_path, weights_only=False)
 
 
-STOPPING = {
+STOPPING = {  # what a signal's first arrival prints
     "SIGINT": b"\ncnnlab: Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again: stop now).\n",
     "SIGUSR2": b"\ncnnlab: SLURM says the job ends soon (time limit or preemption): saving a checkpoint after this "
     b"step, then the job is requeued and resumes from it.\n",
