@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -222,6 +223,11 @@ def test_sweep_through_joblib_runs_four_jobs_in_parallel_and_reports_them(tmp_pa
     assert [float(r["test_acc"]) for r in rows] == sorted((float(r["test_acc"]) for r in rows), reverse=True)
     assert (sweep_dir / "report.png").stat().st_size > 10_000
     assert (sweep_dir / "report.md").read_text().count("| ok |") == 4
+    progress = [line for line in result.stdout.splitlines() if re.match(r"\[\d/4\] ", line)]  # one per finished job
+    assert sorted(line[:5] for line in progress) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"], result.stdout[-3000:]
+    assert all("optimizer.lr=" in line and "trainer.max_epochs=" in line and "test acc" in line for line in progress)
+    assert "best configuration (by validation accuracy): " in result.stdout
+    assert f"report: {sweep_dir / 'report.md'}" in result.stdout
 
 
 def test_a_failed_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path, tiny_data_dir):

@@ -353,11 +353,24 @@ class ReportAfterSweep(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         rows = write_report(sweep_dir)
+        configs = aggregate_seeds(rows)
         outputs = ", ".join(str(sweep_dir / name) for name in OUTPUTS)
-        log.info("report: %s\n%s\n%s", outputs, configs_table(aggregate_seeds(rows)), markdown_table(rows))
+        log.info("report: %s\n%s\n%s", outputs, configs_table(configs), markdown_table(rows))
         failed = [r["run"] for r in rows if r["status"] != "ok"]
         if failed:
             log.warning("%d job(s) failed or did not finish: %s (errors in report.md)", len(failed), ", ".join(failed))
+        print(best_line(configs), f"report: {sweep_dir / 'report.md'}", sep="\n", flush=True)
+
+
+def best_line(configs: list[dict[str, Any]]) -> str:
+    """The configuration with the best mean validation accuracy (the selection metric), its test accuracy beside."""
+    ranked = [(c["val_acc_mean"], label, c) for label, c in zip(run_labels(configs), configs, strict=True)]
+    ranked = [r for r in ranked if r[0] is not None]
+    if not ranked:
+        return "no job finished"
+    _, label, best = max(ranked, key=lambda r: r[0])
+    val, test = (fmt_mean_std(best[f"{k}_mean"], best[f"{k}_std"]) for k in ("val_acc", "test_acc"))
+    return f"best configuration (by validation accuracy): {label}: val acc {val}, test acc {test} (n={best['n']})"
 
 
 def main(argv: list[str] | None = None) -> int:

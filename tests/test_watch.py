@@ -1,0 +1,67 @@
+"""Watching a sweep: the job count of a grid or a search, and the line printed when a job finishes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from cnnlab.watch import SweepProgress, job_label, progress_line, sweep_size, swept_keys
+
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_config(params: dict, task: list[str], target: str = BASIC, **sweeper) -> OmegaConf:
+    return OmegaConf.create(
+        {"hydra": {"sweeper": {"_target_": target, "params": params, **sweeper}, "overrides": {"task": task}}}
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "task", "size"),
+    [
+        ({"model": "lenet,lenet_k3,lenet_k7"}, ["sweep=chapter6"], 3),
+        ({"model": "lenet,lenet_k3,lenet_k7"}, ["sweep=chapter6", "seed=1,2,3"], 9),
+        ({"optimizer.lr": "0.1,0.3,0.9,2.0", "trainer.max_epochs": "5,10,20"}, ["trainer.max_epochs=5,10"], 8),
+        ({}, ["model=lenet,lenet_relu", "optimizer.lr=0.1,0.9", "data.batch_size=64"], 4),
+    ],
+)
+def test_the_sweep_size_is_the_grid_hydra_runs(params, task, size):
+    assert sweep_size(sweep_config(params, task)) == size
+
+
+def test_an_optuna_search_counts_its_trials_and_shows_its_search_space(tmp_path):
+    config = sweep_config({"optimizer.lr": "tag(log, interval(0.001, 1.0))", "model.pool": "choice(avg, max)"},
+                          ["sweep=optuna", "seed=3"], target="x.OptunaSweeper", n_trials=7)  # fmt: skip
+    assert sweep_size(config) == 7
+    assert swept_keys(config) == {"optimizer.lr", "model.pool"}
+    job = tmp_path / "2_x"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- optimizer.lr=0.01\n- model.pool=max\n- sweep=optuna\n- seed=3\n")
+    assert job_label(job, swept_keys(config)) == "optimizer.lr=0.01 model.pool=max"
+
+
+def test_a_progress_line_says_the_result_and_the_time_left():
+    line = progress_line(3, 11, "model=lenet_k3", {"test_acc": 0.8012, "wall_s": 82.4}, 240.0, 3)
+    assert line == "[3/11] model=lenet_k3: test acc 0.801, 82 s (sweep 4 min, about 11 min left)"
+    failed = {"status": "failed", "error": "SGD: invalid momentum\nmore", "wall_s": 1.0, "test_acc": None}
+    expected = "[11/11] x=1: failed (SGD: invalid momentum), 1 s (sweep 30 s)"
+    assert progress_line(11, 11, "x=1", failed, 30.0, 1) == expected
+    assert progress_line(2, None, "x=1", {"test_acc": 0.5}, 10.0, 0) == "[2] x=1: test acc 0.500 (sweep 10 s)"
+
+
+def test_jobs_that_finished_before_a_resume_are_counted_not_printed(tmp_path, capsys):
+    sweep_dir = tmp_path / "sweep"
+    for name in ("0_model=lenet", "1_model=lenet_k3"):
+        (sweep_dir / name / ".hydra").mkdir(parents=True)
+        (sweep_dir / name / ".hydra" / "overrides.yaml").write_text(f"- model={name.split('=')[1]}\n")
+    (sweep_dir / "0_model=lenet" / "metrics.json").write_text(json.dumps({"test_acc": 0.8, "wall_s": 5}))
+    config = sweep_config({}, ["model=lenet,lenet_k3"])
+    config.hydra.sweep = {"dir": str(sweep_dir)}
+    progress = SweepProgress()
+    progress.on_multirun_start(config)
+    (sweep_dir / "1_model=lenet_k3" / "metrics.json").write_text(json.dumps({"test_acc": 0.79, "wall_s": 6}))
+    progress.on_multirun_end(config)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("[2/2] model=lenet_k3: test acc 0.790, 6 s (sweep ")
