@@ -118,6 +118,28 @@ def test_job_i_prefers_gpu_i_mod_k_and_takes_a_free_one_when_it_is_busy(tmp_path
     assert gpu == 2 and lock is not None
 
 
+def test_jobs_per_gpu_lets_k_jobs_share_each_gpu_spread_evenly(tmp_path, tiny_cfg, monkeypatch):
+    held = [claim_gpu(i, 2, tmp_path, slots=2) for i in range(4)]  # 2 GPUs x 2 slots: 4 jobs at once
+    assert [gpu for gpu, _ in held] == [0, 1, 0, 1] and all(lock is not None for _, lock in held)
+    assert claim_gpu(4, 2, tmp_path, slots=2) == (0, None)  # every slot taken: shares its preferred GPU
+    held[3][1].close()
+    assert claim_gpu(6, 2, tmp_path, slots=2)[0] == 1  # a slot of GPU 1 is free again
+
+    cfg = tiny_cfg("hydra/launcher=joblib", "hydra.launcher.jobs_per_gpu=3", "hydra.launcher.n_jobs=6")
+    launcher = instantiate(cfg.hydra.launcher)  # joblib gets its own settings, not jobs_per_gpu
+    assert launcher.joblib["n_jobs"] == 6 and "jobs_per_gpu" not in launcher.joblib
+    monkeypatch.setattr(launch.torch.cuda, "device_count", lambda: 2)  # a stubbed 2-GPU machine
+    from contextlib import ExitStack
+
+    gpus = []
+    with ExitStack() as cleanup:
+        for job in range(6):
+            job_cfg = OmegaConf.create({"trainer": {"accelerator": "gpu", "devices": 1}})
+            launch.pin_gpu(job_cfg, job, tmp_path / "sweep", cleanup, cfg.hydra.launcher.jobs_per_gpu)
+            gpus.append(job_cfg.trainer.devices[0])
+    assert sorted(gpus) == [0, 0, 0, 1, 1, 1]
+
+
 def test_a_parallel_job_is_pinned_to_its_gpu(tmp_path, monkeypatch):
     from contextlib import ExitStack
 

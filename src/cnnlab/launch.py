@@ -91,23 +91,25 @@ def gpu_for_job(job_num: int, n_gpus: int) -> int:
     return job_num % n_gpus
 
 
-def claim_gpu(job_num: int, n_gpus: int, lock_dir: Path) -> tuple[int, IO[str] | None]:
-    """Take GPU i mod k, or the next one no running job of this sweep holds; the lock lasts while the file is open.
+def claim_gpu(job_num: int, n_gpus: int, lock_dir: Path, slots: int = 1) -> tuple[int, IO[str] | None]:
+    """Take a free slot of GPU i mod k, or of the next GPU with one; the lock lasts while the file is open.
 
-    joblib hands the next job to whichever worker is free, so i mod k alone can put two jobs on one GPU while
-    another idles. With every GPU taken (more parallel jobs than GPUs), the job shares its preferred GPU.
+    Each GPU has ``slots`` places (``hydra.launcher.jobs_per_gpu``), filled one round over all GPUs at a time so
+    that the jobs spread evenly. joblib hands the next job to whichever worker is free, so i mod k alone can put
+    two jobs on one GPU while another idles. With every slot taken, the job shares its preferred GPU.
     """
     lock_dir.mkdir(parents=True, exist_ok=True)
     preferred = gpu_for_job(job_num, n_gpus)
-    for offset in range(n_gpus):
-        gpu = (preferred + offset) % n_gpus
-        handle = open(lock_dir / f"gpu{gpu}.lock", "w")  # held open: the lock lasts as long as the file
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        return gpu, handle
+    for slot in range(slots):
+        for offset in range(n_gpus):
+            gpu = (preferred + offset) % n_gpus
+            handle = open(lock_dir / f"gpu{gpu}-slot{slot}.lock", "w")  # held open: the lock lasts as the file
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            return gpu, handle
     return preferred, None
 
 
@@ -140,7 +142,8 @@ def sweep_job(cfg: DictConfig) -> Iterator[None]:
             cpus = available_cpus()
             parallel = parallel_jobs(int(hydra_cfg.launcher.n_jobs), cpus)
             set_threads(threads_per_job(cpus, parallel), f"{cpus} cores / {parallel} parallel jobs")
-            pin_gpu(cfg, hydra_cfg.job.num, Path(hydra_cfg.sweep.dir) / ".gpu-locks", cleanup)
+            slots = max(1, int(hydra_cfg.launcher.get("jobs_per_gpu", 1)))
+            pin_gpu(cfg, hydra_cfg.job.num, Path(hydra_cfg.sweep.dir) / ".gpu-locks", cleanup, slots)
         elif os.environ.get("SLURM_CPUS_PER_TASK"):
             set_threads(int(os.environ["SLURM_CPUS_PER_TASK"]), "SLURM_CPUS_PER_TASK")
         cleanup.enter_context(relaunch_as_single_run(hydra_cfg, cfg.get("ckpt_path")))
@@ -154,16 +157,16 @@ def set_threads(threads: int, why: str) -> None:
     log.info("torch threads: %d (%s)", threads, why)
 
 
-def pin_gpu(cfg: DictConfig, job_num: int, lock_dir: Path, cleanup: ExitStack) -> None:
-    """Run a one-device GPU job on a GPU of its own (``trainer.devices=[i]``), when this machine has GPUs."""
+def pin_gpu(cfg: DictConfig, job_num: int, lock_dir: Path, cleanup: ExitStack, slots: int = 1) -> None:
+    """Run a one-device GPU job on a GPU slot of its own (``trainer.devices=[i]``), when this machine has GPUs."""
     n_gpus = torch.cuda.device_count()
     if n_gpus == 0 or cfg.trainer.get("accelerator") not in ("auto", "gpu", "cuda") or cfg.trainer.devices != 1:
         return
-    gpu, lock = claim_gpu(job_num, n_gpus, lock_dir)
+    gpu, lock = claim_gpu(job_num, n_gpus, lock_dir, slots)
     if lock is not None:
         cleanup.callback(lock.close)
     cfg.trainer.devices = [gpu]
-    log.info("job %d runs on GPU %d of %d", job_num, gpu, n_gpus)
+    log.info("job %d runs on GPU %d of %d (%d jobs per GPU)", job_num, gpu, n_gpus, slots)
 
 
 @contextmanager

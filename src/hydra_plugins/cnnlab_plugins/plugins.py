@@ -5,19 +5,23 @@ launchers, made to survive: an Optuna study that continues, quiet SLURM polling.
   Re-running the sweep in its dir continues the study: finished trials are not repeated, a trial that was
   running when the sweep stopped runs again in its own job dir (resuming from its ``last.ckpt``), and only the
   trials still missing from ``hydra.sweeper.n_trials`` are asked for.
+- ``JoblibLauncher``: Hydra's joblib launcher with ``jobs_per_gpu``, the number of parallel jobs that share one GPU
+  (read by ``cnnlab.launch`` in each job, which pins the job to a GPU with a free slot).
 - ``SlurmLauncher``: submitit's SLURM launcher without submitit's three-line warning on every poll of a cluster
   that keeps no accounting (``sacct`` fails there; submitit falls back to ``squeue``).
 """
 
-from __future__ import annotations
-
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
+from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as HydraJoblibLauncher
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as HydraOptunaSweeper
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 
@@ -58,7 +62,7 @@ class OptunaSweeper(HydraOptunaSweeper):
         impl.sweep(arguments)
 
 
-def rerun_trial(study: optuna.Study, trial: FrozenTrial, fixed: dict[str, Any], launcher: Any) -> None:
+def rerun_trial(study: "optuna.Study", trial: "FrozenTrial", fixed: dict[str, Any], launcher: Any) -> None:
     """Run a trial that a stopped sweep left running, with its parameters, in its own job dir; tell the study."""
     overrides = [f"{name}={value}" for name, value in {**trial.params, **fixed}.items()]
     from optuna.trial import TrialState
@@ -105,3 +109,22 @@ class SlurmLauncher(HydraSlurmLauncher):
         if not any(isinstance(f, QuietSacctPolls) for f in submitit_log.filters):
             submitit_log.addFilter(QuietSacctPolls())
         return super().launch(job_overrides, initial_job_idx)
+
+
+class JoblibLauncher(HydraJoblibLauncher):
+    """Hydra's joblib launcher; ``jobs_per_gpu`` is for the jobs (``cnnlab.launch.pin_gpu``), not for joblib."""
+
+    def __init__(self, jobs_per_gpu: int = 1, **joblib_kwargs: Any) -> None:
+        super().__init__(**joblib_kwargs)
+
+
+@dataclass
+class JoblibLauncherConf(JobLibLauncherConf):
+    """``hydra/launcher=joblib``: Hydra's settings (``n_jobs``, ...), this launcher, and ``jobs_per_gpu``."""
+
+    _target_: str = f"{JoblibLauncher.__module__}.{JoblibLauncher.__qualname__}"
+    jobs_per_gpu: int = 1  # parallel jobs that share one GPU (a LeNet job uses a sliver of one)
+
+
+# Replaces the joblib plugin's entry, which importing it above has just stored.
+ConfigStore.instance().store(group="hydra/launcher", name="joblib", node=JoblibLauncherConf, provider="cnnlab")
