@@ -148,18 +148,16 @@ def resume_into_run_dir(cfg: DictConfig) -> None:
 def fold_into(own_dir: Path, run_dir: Path) -> None:
     """Move this command's log and ``.hydra/`` into ``run_dir`` and remove ``own_dir``, so no empty run is left."""
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == own_dir:
-            handler.acquire()
-            try:
+        source = Path(getattr(handler, "baseFilename", "/"))
+        if isinstance(handler, logging.FileHandler) and source.parent == own_dir:
+            target = run_dir / source.name
+            with handler.lock:  # the log so far goes to the end of the run's log; what follows is written there
                 handler.close()
-                target = run_dir / Path(handler.baseFilename).name
                 with open(target, "a") as log_file:
-                    log_file.write(Path(handler.baseFilename).read_text())
+                    log_file.write(source.read_text())
+                source.unlink()
                 handler.baseFilename = str(target)
                 handler.stream = handler._open()
-            finally:
-                handler.release()
-            Path(handler.baseFilename.replace(str(run_dir), str(own_dir))).unlink(missing_ok=True)
     if (own_dir / ".hydra").is_dir():
         shutil.move(str(own_dir / ".hydra"), run_dir / ".hydra" / f"resumed-{own_dir.name}")
     try:
