@@ -27,8 +27,10 @@ train: install
 # The TensorBoard test drives Debian's headless Chromium: `make test` installs it too (the variable reaches the
 # prerequisites, so system-packages installs it).
 test: APT_PACKAGES += chromium chromium-driver
+# Two pytest workers, a test file each at a time: most tests wait on subprocesses (a sweep, a SLURM job, a DDP
+# pair), so two share the two cores well; one file's tests (the SLURM ones: one cluster) stay in one worker.
 test: install
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,5 +1,5 @@
-"""``hydra/launcher=slurm`` on a real one-node SLURM cluster (scripts/local-slurm.sh): a sweep, a preempted job
-that is requeued and finishes from its checkpoint, and a 2-task DDP job."""
+"""``hydra/launcher=slurm`` on a real one-node SLURM cluster (scripts/local-slurm.sh): the cluster runs a batch
+job, a sweep, a preempted job that is requeued and finishes from its checkpoint, and a 2-task DDP job."""
 
 from __future__ import annotations
 
@@ -27,6 +27,47 @@ SLURM = [
     "hydra.launcher.mem_gb=1",
     "hydra.launcher.timeout_min=10",
 ]
+
+
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}
+
+
+def job_state(job_id: str) -> str | None:
+    """The job's state as squeue reports it; None once the controller has forgotten the job."""
+    result = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    state = result.stdout.strip()
+    return state if result.returncode == 0 and state else None
+
+
+def test_sbatch_job_runs_to_completion(slurm_cluster, tmp_path: Path):
+    hello = tmp_path / "hello.txt"
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--chdir={tmp_path}",
+            f"--output={tmp_path / 'slurm-%j.out'}",
+            "--wrap",
+            f"echo hello > {hello}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    job_id = submitted.stdout.strip().split(";")[0]
+    assert job_id.isdigit(), submitted.stdout
+
+    deadline = time.monotonic() + 30
+    state = job_state(job_id)
+    while state not in FINISHED and not (state is None and hello.exists()):
+        assert time.monotonic() < deadline, f"job {job_id} not finished after 30 s (state {state})"
+        time.sleep(0.2)
+        state = job_state(job_id)
+
+    log = tmp_path / f"slurm-{job_id}.out"
+    assert state in (None, "COMPLETED"), f"job {job_id} ended {state}: {log.read_text() if log.exists() else ''}"
+    assert hello.read_text() == "hello\n"
 
 
 def only_sweep(log_dir: Path) -> Path:

@@ -153,7 +153,8 @@ def test_bad_input_is_refused_before_training_with_one_clear_message(
     message = str(problem)
     missing = [name for name in case.names if name not in message]
     assert not missing, f"{missing} not in: {message}"
-    assert len(message.splitlines()) <= 3 and len(message) < 600, message
+    short = message.replace(str(tmp_path), "<tmp>")  # the temp dir's length depends on the test runner
+    assert len(short.splitlines()) <= 3 and len(short) < 600, message
     assert not (tmp_path / "run" / "metrics.json").exists()
     assert not list((tmp_path / "run").rglob("last.ckpt")), "training started"
     assert not (tmp_path / "pwned").exists(), "loading the checkpoint ran its code"
