@@ -20,8 +20,12 @@ from cnnlab import resume
 from cnnlab.errors import ConfigError
 from conftest import TINY_OVERRIDES, run_cli, write_idx_set
 
-# Four jobs of 3 epochs x 25 steps, a step checkpoint every 5 steps: long enough to be caught mid-training.
+# Four jobs of 2 epochs x 25 steps, a step checkpoint every 5 steps: long enough to be caught mid-training.
 SWEEP = ["optimizer.lr=0.1,0.2,0.3,0.4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+EPOCHS = 2
+# The end-of-training TensorBoard images have tests of their own; here they would only take time.
+IMAGE_CALLBACKS = ("activation_images", "kernel_images", "confusion_matrix", "misclassified_images", "model_graph")
+NO_IMAGES = [f"callbacks.{name}=null" for name in IMAGE_CALLBACKS]
 
 
 def sweep_overrides(tmp_path: Path) -> list[str]:
@@ -31,9 +35,10 @@ def sweep_overrides(tmp_path: Path) -> list[str]:
         *SWEEP,
         *TINY_OVERRIDES,
         "trainer.limit_train_batches=null",
-        "trainer.max_epochs=3",
+        f"trainer.max_epochs={EPOCHS}",
         "data.batch_size=8",
         "callbacks.step_checkpoint.every_n_train_steps=5",
+        *NO_IMAGES,
         f"paths.data_dir={data_dir}",
         f"paths.log_dir={tmp_path / 'logs'}",
     ]
@@ -101,7 +106,7 @@ def test_a_killed_sweep_is_finished_by_one_command(tmp_path, how):
         assert f"job {name} was interrupted: resuming from {sweep_dir / name / 'checkpoints' / 'last.ckpt'}" in log
         assert "Restoring states from the checkpoint path" in log or "Restored all states" in output + log
     metrics = {name: json.loads(data) for name, data in job_files(sweep_dir).items()}
-    assert len(metrics) == 4 and all(m["test_acc"] is not None and m["epochs"] == 3 for m in metrics.values())
+    assert len(metrics) == 4 and all(m["test_acc"] is not None and m["epochs"] == EPOCHS for m in metrics.values())
     with open(sweep_dir / "report.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
     if how == "cnnlab.resume":

@@ -25,7 +25,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from cnnlab.errors import ConfigError
-from cnnlab.launch import is_multirun, runs_several_processes
 
 log = logging.getLogger("cnnlab.resume")
 
@@ -61,6 +60,8 @@ def continue_job(cfg: DictConfig) -> dict[str, Any] | None:
     earlier files moved into ``failed-attempt-N/``. Single runs and jobs with a ``ckpt_path`` of their own are
     left as they are.
     """
+    from cnnlab.launch import is_multirun  # imports torch: not for `python -m cnnlab.resume`, which only execs
+
     if not is_multirun() or cfg.get("ckpt_path"):
         return None
     job_dir = Path(cfg.paths.output_dir)
@@ -131,6 +132,8 @@ def resume_into_run_dir(cfg: DictConfig) -> None:
     the same curves. The dir Hydra made for this command is folded into the run dir (its log appended there, its
     ``.hydra/`` kept as ``.hydra/resumed-<time>``). In a sweep each job keeps its own dir.
     """
+    from cnnlab.launch import is_multirun, runs_several_processes
+
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path or is_multirun():
         return
