@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from cnnlab.report import aggregate_seeds, load_runs, main, read_curves, run_labels, write_report
+from cnnlab.plot import read_curves
+from cnnlab.report import aggregate_seeds, load_runs, main, run_labels, write_report
 
 
 def fake_run(
