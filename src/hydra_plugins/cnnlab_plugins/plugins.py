@@ -1,5 +1,5 @@
 """cnnlab's Hydra plugins (Hydra takes plugins only from the ``hydra_plugins`` package): Hydra's sweeper and
-launchers, made to survive: an Optuna study that continues, quiet SLURM polling.
+launchers, made to survive: an Optuna study that continues, GPUs shared by joblib jobs, quiet SLURM polling.
 
 - ``OptunaSweeper``: Hydra's Optuna sweeper with the study kept in the sweep dir (``sweeps/optuna.yaml``: SQLite).
   Re-running the sweep in its dir continues the study: finished trials are not repeated, a trial that was
@@ -7,8 +7,8 @@ launchers, made to survive: an Optuna study that continues, quiet SLURM polling.
   trials still missing from ``hydra.sweeper.n_trials`` are asked for.
 - ``JoblibLauncher``: Hydra's joblib launcher with ``jobs_per_gpu``, the number of parallel jobs that share one GPU
   (read by ``cnnlab.launch`` in each job, which pins the job to a GPU with a free slot).
-- ``SlurmLauncher``: submitit's SLURM launcher without submitit's three-line warning on every poll of a cluster
-  that keeps no accounting (``sacct`` fails there; submitit falls back to ``squeue``).
+- ``SlurmLauncher``: submitit's SLURM launcher without the warnings of every poll of a cluster that keeps no
+  accounting (``sacct`` fails there; submitit then goes by the jobs' result files).
 """
 
 import functools
@@ -64,9 +64,9 @@ class OptunaSweeper(HydraOptunaSweeper):
 
 def rerun_trial(study: "optuna.Study", trial: "FrozenTrial", fixed: dict[str, Any], launcher: Any) -> None:
     """Run a trial that a stopped sweep left running, with its parameters, in its own job dir; tell the study."""
-    overrides = [f"{name}={value}" for name, value in {**trial.params, **fixed}.items()]
     from optuna.trial import TrialState
 
+    overrides = [f"{name}={value}" for name, value in {**trial.params, **fixed}.items()]
     log.info("trial %d was running when the sweep stopped: running it again (%s)", trial.number, " ".join(overrides))
     (result,) = launcher.launch([overrides], initial_job_idx=trial.number)
     value = result.return_value if result.status == JobStatus.COMPLETED else None
