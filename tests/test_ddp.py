@@ -130,3 +130,16 @@ def test_ctrl_c_under_ddp_stops_every_rank_after_the_same_step_with_one_checkpoi
     (checkpoint,) = log_dir.glob("*/*/checkpoints/last*.ckpt")
     assert torch.load(checkpoint, weights_only=True)["global_step"] == int(stops[0][0])
     assert "Traceback" not in printed
+
+
+@pytest.mark.slow
+def test_a_resumed_ddp_run_continues_in_its_run_dir_and_leaves_no_other(tmp_path, tiny_data_dir):
+    overrides = [*DDP_OVERRIDES, f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}"]
+    first = run_cli("cnnlab.train", *overrides, cwd=tmp_path, timeout=150)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=2", "ckpt_path=last", cwd=tmp_path, timeout=150)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "lenet-fashion_mnist").iterdir()  # no second run dir, from rank 0 or 1
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+    assert "ckpt_path=last: resuming" in (run_dir / "train.log").read_text()
+    assert f"ckpt_path=last: resuming {run_dir}," in (run_dir / "train_ddp_process_1.log").read_text()  # rank 1 too

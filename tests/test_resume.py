@@ -211,10 +211,10 @@ def test_ckpt_path_last_picks_the_newest_run_of_the_same_name(tmp_path):
     for name in ("2026-01-01_10-00-00_000001", "2026-01-02_09-00-00_000001"):
         (runs / name / "checkpoints").mkdir()
         (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    picked = resume.newest_last_checkpoint(tmp_path, "lenet-fashion_mnist", str(runs / "2026-01-03_09-00-00_000001"))
+    picked = resume.newest_last_checkpoint(tmp_path, "lenet-fashion_mnist")  # the newest run has no checkpoint
     assert picked == runs / "2026-01-02_09-00-00_000001" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="ckpt_path=last: no run of lenet_k3-fashion_mnist"):
-        resume.newest_last_checkpoint(tmp_path, "lenet_k3-fashion_mnist", "")
+        resume.newest_last_checkpoint(tmp_path, "lenet_k3-fashion_mnist")
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cnnlab.errors import ConfigError
 
@@ -109,13 +109,16 @@ def resolve_resume(cfg: DictConfig) -> None:
     """``ckpt_path=last`` -> the newest run's ``last.ckpt``; a resumed run writes into its checkpoint's run dir."""
     if str(cfg.get("ckpt_path")) == "last":
         with open_dict(cfg):
-            cfg.ckpt_path = str(newest_last_checkpoint(Path(cfg.paths.log_dir), cfg.run_name, cfg.paths.output_dir))
+            cfg.ckpt_path = str(newest_last_checkpoint(Path(cfg.paths.log_dir), cfg.run_name))
     resume_into_run_dir(cfg)
 
 
-def newest_last_checkpoint(log_dir: Path, run_name: str, this_run: str) -> Path:
-    """``<log_dir>/<run_name>/<newest run>/checkpoints/last.ckpt``; run dirs are named by their start time."""
-    runs = sorted(p.parent.parent for p in (log_dir / run_name).glob(f"*/{LAST}") if str(p.parent.parent) != this_run)
+def newest_last_checkpoint(log_dir: Path, run_name: str) -> Path:
+    """``<log_dir>/<run_name>/<newest run>/checkpoints/last.ckpt``; run dirs are named by their start time.
+
+    DDP ranks that Lightning starts later resolve ``last`` again, in the run dir rank 0 chose: the same answer.
+    """
+    runs = sorted(p.parent.parent for p in (log_dir / run_name).glob(f"*/{LAST}"))
     if not runs:
         raise ConfigError(
             f"ckpt_path=last: no run of {run_name} under {log_dir} has a {LAST}; give the checkpoint's path "
@@ -130,9 +133,10 @@ def resume_into_run_dir(cfg: DictConfig) -> None:
 
     The TensorBoard logger writes into the run dir itself (no version subfolder), so the resumed steps continue
     the same curves. The dir Hydra made for this command is folded into the run dir (its log appended there, its
-    ``.hydra/`` kept as ``.hydra/resumed-<time>``). In a sweep each job keeps its own dir.
+    ``.hydra/`` kept as ``.hydra/resumed-<time>``), and DDP ranks started later log there too. In a sweep each
+    job keeps its own dir.
     """
-    from cnnlab.launch import is_multirun, runs_several_processes
+    from cnnlab.launch import is_multirun
 
     ckpt_path = cfg.get("ckpt_path")
     if not ckpt_path or is_multirun():
@@ -144,8 +148,11 @@ def resume_into_run_dir(cfg: DictConfig) -> None:
     log.info("resuming into %s", run_dir)
     with open_dict(cfg):
         cfg.paths.output_dir = str(run_dir)
-    if _is_rank_zero() and not runs_several_processes(cfg.trainer) and HydraConfig.initialized():
+    if _is_rank_zero() and HydraConfig.initialized():
         fold_into(own_dir, run_dir)
+        hydra_cfg = HydraConfig.get()
+        with read_write(hydra_cfg), open_dict(hydra_cfg):  # DDP ranks that Lightning starts run there too
+            hydra_cfg.run.dir = hydra_cfg.runtime.output_dir = str(run_dir)
 
 
 def fold_into(own_dir: Path, run_dir: Path) -> None:
