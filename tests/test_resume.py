@@ -18,30 +18,18 @@ import yaml
 
 from cnnlab import resume
 from cnnlab.errors import ConfigError
-from conftest import TINY_OVERRIDES, run_cli, write_idx_set
+from conftest import TINY_OVERRIDES, run_cli
+from test_failures import EPOCHS, long_run_overrides
 
-# Four jobs of 2 epochs x 25 steps, a step checkpoint every 5 steps: long enough to be caught mid-training.
+# Four jobs of 2 epochs x 25 steps (test_failures' long run), a step checkpoint every 5 steps: long enough to be
+# caught mid-training. The end-of-training TensorBoard images have tests of their own; here they only take time.
 SWEEP = ["optimizer.lr=0.1,0.2,0.3,0.4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-EPOCHS = 2
-# The end-of-training TensorBoard images have tests of their own; here they would only take time.
 IMAGE_CALLBACKS = ("activation_images", "kernel_images", "confusion_matrix", "misclassified_images", "model_graph")
-NO_IMAGES = [f"callbacks.{name}=null" for name in IMAGE_CALLBACKS]
 
 
 def sweep_overrides(tmp_path: Path) -> list[str]:
-    data_dir = tmp_path / "data"
-    write_idx_set(data_dir / "FashionMNIST" / "raw", n_train=200 + 20)
-    return [
-        *SWEEP,
-        *TINY_OVERRIDES,
-        "trainer.limit_train_batches=null",
-        f"trainer.max_epochs={EPOCHS}",
-        "data.batch_size=8",
-        "callbacks.step_checkpoint.every_n_train_steps=5",
-        *NO_IMAGES,
-        f"paths.data_dir={data_dir}",
-        f"paths.log_dir={tmp_path / 'logs'}",
-    ]
+    no_images = [f"callbacks.{name}=null" for name in IMAGE_CALLBACKS]
+    return [*SWEEP, *long_run_overrides(tmp_path, "callbacks.step_checkpoint.every_n_train_steps=5", *no_images)]
 
 
 def kill_sweep_mid_job(overrides: list[str], tmp_path: Path) -> Path:
