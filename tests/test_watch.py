@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 from omegaconf import OmegaConf
@@ -51,17 +53,25 @@ def test_a_progress_line_says_the_result_and_the_time_left():
     assert progress_line(2, None, "x=1", {"test_acc": 0.5}, 10.0, 0) == "[2] x=1: test acc 0.500 (sweep 10 s)"
 
 
-def test_jobs_that_finished_before_a_resume_are_counted_not_printed(tmp_path, capsys):
+def test_jobs_that_finished_before_a_resume_are_counted_and_reruns_printed(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
-    for name in ("0_model=lenet", "1_model=lenet_k3"):
+    for name in ("0_model=lenet", "1_model=lenet_k3", "2_model=lenet_k7"):
         (sweep_dir / name / ".hydra").mkdir(parents=True)
         (sweep_dir / name / ".hydra" / "overrides.yaml").write_text(f"- model={name.split('=')[1]}\n")
     (sweep_dir / "0_model=lenet" / "metrics.json").write_text(json.dumps({"test_acc": 0.8, "wall_s": 5}))
-    config = sweep_config({}, ["model=lenet,lenet_k3"])
+    failed_before = sweep_dir / "2_model=lenet_k7" / "metrics.json"  # the job runs again: its old result is not new
+    failed_before.write_text(json.dumps({"status": "failed", "error": "x", "test_acc": None}))
+    os.utime(failed_before, (time.time() - 3600, time.time() - 3600))
+    config = sweep_config({}, ["model=lenet,lenet_k3,lenet_k7"])
     config.hydra.sweep = {"dir": str(sweep_dir)}
     progress = SweepProgress()
     progress.on_multirun_start(config)
     (sweep_dir / "1_model=lenet_k3" / "metrics.json").write_text(json.dumps({"test_acc": 0.79, "wall_s": 6}))
+    progress._report_new()
+    failed_before.write_text(json.dumps({"test_acc": 0.81, "wall_s": 7}))  # its rerun finished
     progress.on_multirun_end(config)
-    (line,) = capsys.readouterr().out.splitlines()
-    assert line.startswith("[2/2] model=lenet_k3: test acc 0.790, 6 s (sweep ")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (sweep ")[0] for line in lines] == [
+        "[2/3] model=lenet_k3: test acc 0.790, 6 s",
+        "[3/3] model=lenet_k7: test acc 0.810, 7 s",
+    ]

@@ -8,7 +8,6 @@ writes into the sweep dir, so it works alike for every launcher (in-process, job
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -18,6 +17,8 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.resume import job_state, read_metrics
 
 POLL_S = 1.0
 
@@ -83,9 +84,11 @@ class SweepProgress(Callback):
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.total = sweep_size(config)
         self.keys = swept_keys(config)
-        self.seen = {p.parent for p in self.sweep_dir.glob("*/metrics.json")}
+        # Finished before a resume: counted. A failed job's old metrics.json is not this sweep's result: it is
+        # older than the sweep, and the job's rerun writes a new one.
+        self.seen = {p.parent for p in self.sweep_dir.glob("*/metrics.json") if job_state(p.parent) == "finished"}
         self.before = len(self.seen)
-        self.start = time.monotonic()
+        self.start, self.started_at = time.monotonic(), time.time()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="cnnlab-sweep-progress", daemon=True)
         self.thread.start()
@@ -103,14 +106,19 @@ class SweepProgress(Callback):
             self._report_new()
 
     def _report_new(self) -> None:
-        for metrics_file in sorted(self.sweep_dir.glob("*/metrics.json"), key=lambda p: p.stat().st_mtime):
-            if metrics_file.parent in self.seen:
+        new = []
+        for metrics_file in self.sweep_dir.glob("*/metrics.json"):
+            try:  # a failed job's rerun may move its old file away meanwhile
+                written = metrics_file.stat().st_mtime
+            except OSError:
                 continue
-            try:
-                metrics = json.loads(metrics_file.read_text())
-            except (OSError, ValueError):
-                continue  # being written: next poll
-            self.seen.add(metrics_file.parent)
-            line = progress_line(len(self.seen), self.total, job_label(metrics_file.parent, self.keys), metrics,
+            if metrics_file.parent not in self.seen and written >= self.started_at - 1:  # coarse file clocks
+                new.append((written, metrics_file.parent))
+        for _, job_dir in sorted(new):
+            metrics = read_metrics(job_dir)
+            if metrics is None:
+                continue
+            self.seen.add(job_dir)
+            line = progress_line(len(self.seen), self.total, job_label(job_dir, self.keys), metrics,
                                  time.monotonic() - self.start, len(self.seen) - self.before)  # fmt: skip
             print(line, flush=True)
