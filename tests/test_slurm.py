@@ -15,7 +15,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import TINY_OVERRIDES, run_cli, write_idx_set
-from test_ddp import whole_test_set_accuracy
+from test_ddp import DDP_OVERRIDES, whole_test_set_accuracy
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -75,20 +75,17 @@ def only_sweep(log_dir: Path) -> Path:
     return sweep
 
 
-def test_a_sweep_runs_as_a_slurm_job_array_quietly(tmp_path, tiny_data_dir):
+def slurm_sweep(tmp_path: Path, data_dir: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """``cnnlab.train -m overrides`` through the SLURM launcher, to its end; its output and its sweep dir."""
     log_dir = tmp_path / "logs"
-    result = run_cli(
-        "cnnlab.train",
-        "-m",
-        "optimizer.lr=0.1,0.5",
-        *SLURM,
-        *TINY_OVERRIDES,
-        f"paths.data_dir={tiny_data_dir}",
-        f"paths.log_dir={log_dir}",
-        cwd=tmp_path,
-    )
+    command = ["-m", *SLURM, *overrides, f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}"]
+    result = run_cli("cnnlab.train", *command, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    sweep = only_sweep(log_dir)
+    return result, only_sweep(log_dir)
+
+
+def test_a_sweep_runs_as_a_slurm_job_array_quietly(tmp_path, tiny_data_dir):
+    result, sweep = slurm_sweep(tmp_path, tiny_data_dir, "optimizer.lr=0.1,0.5", *TINY_OVERRIDES)
     metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert len(metrics) == 2 and all(m["test_acc"] is not None for m in metrics)
     with open(sweep / "report.csv") as f:
@@ -149,22 +146,8 @@ def test_a_preempted_job_is_requeued_and_finishes_from_its_checkpoint(tmp_path):
 
 
 def test_a_two_task_ddp_job_tests_on_the_whole_test_set(tmp_path, tiny_data_dir):
-    log_dir = tmp_path / "logs"
-    result = run_cli(
-        "cnnlab.train",
-        "-m",
-        "optimizer.lr=0.1",
-        *SLURM,
-        "hydra.launcher.tasks_per_node=2",  # two processes on the node, SLURM starts both: Lightning's SLURM env
-        *[o for o in TINY_OVERRIDES if o != "trainer=debug"],
-        "trainer=ddp_cpu",
-        "trainer.max_epochs=1",
-        f"paths.data_dir={tiny_data_dir}",
-        f"paths.log_dir={log_dir}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    sweep = only_sweep(log_dir)
+    two_tasks = "hydra.launcher.tasks_per_node=2"  # two processes, both started by SLURM: Lightning's SLURM env
+    _, sweep = slurm_sweep(tmp_path, tiny_data_dir, "optimizer.lr=0.1", two_tasks, *DDP_OVERRIDES)
     job_logs = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_log.*"))
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in job_logs and "GLOBAL_RANK: 1, MEMBER: 2/2" in job_logs
     (metrics_file,) = sweep.glob("*/metrics.json")
