@@ -163,6 +163,10 @@ def test_resume_command_replays_the_sweep_with_extra_overrides_last(tmp_path):
 def test_resume_cli_refuses_a_folder_that_is_no_sweep(tmp_path):
     result = run_cli("cnnlab.resume", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("cnnlab: error:") and "multirun.yaml" in result.stderr
+    (tmp_path / "multirun.yaml").write_text("hydra: {overrides: {task: [a=1")  # cut short
+    result = run_cli("cnnlab.resume", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2 and "cannot be read as a sweep record" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_job_states(tmp_path):

@@ -235,15 +235,16 @@ def resume_command(sweep_dir: Path, extra: list[str]) -> tuple[list[str], Path]:
             f"{sweep_dir} is not a sweep dir (it has no {RECORD}); give the folder a sweep wrote, "
             f"e.g. logs/multirun/<date>_<time>."
         )
-    hydra = OmegaConf.load(record).hydra
+    try:
+        hydra = OmegaConf.load(record).hydra
+        recorded_task, recorded_hydra = list(hydra.overrides.task), list(hydra.overrides.hydra)
+    except Exception as err:  # cut short or edited by hand
+        raise ConfigError(f"{record} cannot be read as a sweep record ({type(err).__name__}: {err}).") from None
     extra_keys = {override_key(o) for o in extra}
-    kept_hydra = [
-        o for o in hydra.overrides.hydra
-        if override_key(o) not in {"hydra.mode", "hydra.sweep.dir", *extra_keys}
-    ]  # fmt: skip
-    task = [o for o in hydra.overrides.task if override_key(o) not in extra_keys]
+    kept_hydra = [o for o in recorded_hydra if override_key(o) not in {"hydra.mode", "hydra.sweep.dir", *extra_keys}]
+    task = [o for o in recorded_task if override_key(o) not in extra_keys]
     command = ["-m", *task, *kept_hydra, f"hydra.sweep.dir={sweep_dir.resolve()}", *extra]
-    cwd = Path(str(hydra.runtime.cwd))
+    cwd = Path(str(OmegaConf.select(hydra, "runtime.cwd", default=".")))
     return command, cwd if cwd.is_dir() else Path.cwd()
 
 
