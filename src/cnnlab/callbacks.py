@@ -7,7 +7,7 @@ import time
 import psutil
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
 
 
 class ExamplesPerSecond(Callback):
@@ -56,3 +56,12 @@ class ExamplesPerSecond(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.examples, self.seconds = state_dict["examples"], state_dict["seconds"]
+
+
+def ema_weights(decay: float | None) -> EMAWeightAveraging | None:
+    """Lightning's exponential moving average of the weights (and BN statistics) when ``ema`` is set; else None.
+
+    Validation and test run on the averaged weights, checkpoints hold them as their ``state_dict`` (the raw
+    weights beside them, to resume), so eval and predict use them too.
+    """
+    return None if decay is None else EMAWeightAveraging(decay=float(decay))

@@ -13,7 +13,7 @@ import hashlib
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torchvision.datasets import MNIST, FashionMNIST
 
+from cnnlab.augment import BatchAugment
 from cnnlab.errors import ConfigError, DataError
 
 DATASETS: dict[str, type[MNIST]] = {"fashion_mnist": FashionMNIST, "mnist": MNIST}
@@ -136,11 +137,18 @@ class MNISTDataModule(pl.LightningDataModule):
         in_channels: int = 1,
         image_size: int = 28,
         device_resident: bool = True,
+        augment: Sequence[str] = (),
+        augment_seed: int | None = None,
+        crop_padding: int = 2,
+        erase_size: int = 8,
+        erase_prob: float = 0.5,
     ) -> None:
         super().__init__()
         if name not in DATASETS:
             raise ConfigError(f"data.name={name!r} is not known; choose one of {sorted(DATASETS)}.")
+        augment = [str(op) for op in augment]  # plain data in the checkpoint (weights_only loading)
         self.save_hyperparameters()
+        self.augment = BatchAugment(augment, augment_seed, crop_padding, erase_size, erase_prob)
         self.dataset_cls = DATASETS[name]
         self.data_dir = Path(data_dir).expanduser()
         default_system = SYSTEM_COPIES.get(name)
@@ -302,6 +310,15 @@ class MNISTDataModule(pl.LightningDataModule):
             world_size=world,
             epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
         )
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """Augment training batches (``data.augment``) on their device; other batches pass untouched."""
+        trainer = self.trainer
+        # (The model summary's example input comes through here too, as a bare tensor: it passes untouched.)
+        if self.augment and trainer is not None and trainer.training and isinstance(batch, tuple | list):
+            images, labels = batch
+            return self.augment(images, step=trainer.global_step, rank=trainer.global_rank), labels
+        return batch
 
     def train_dataloader(self) -> TensorBatches:
         return self._batches("train")

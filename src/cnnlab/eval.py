@@ -67,12 +67,16 @@ def read_checkpoint(path: str | Path | None) -> dict[str, Any]:
     return checkpoint
 
 
-def load_classifier(path: str | Path) -> tuple[ClassifierModule, dict[str, Any]]:
-    """The trained ``ClassifierModule`` (eval mode, CPU, not compiled) and the checkpoint it came from."""
+def load_classifier(path: str | Path, tta: bool | None = None) -> tuple[ClassifierModule, dict[str, Any]]:
+    """The trained ``ClassifierModule`` (eval mode, CPU, not compiled) and the checkpoint it came from.
+
+    ``tta``: average the predictions for each image and its mirror image; None keeps the training run's setting.
+    """
     checkpoint = read_checkpoint(path)
+    settings: dict[str, Any] = {"compile": False} if tta is None else {"compile": False, "tta": bool(tta)}
     try:
         module = ClassifierModule.load_from_checkpoint(
-            Path(path).expanduser(), map_location="cpu", weights_only=True, compile=False
+            Path(path).expanduser(), map_location="cpu", weights_only=True, **settings
         )
     except (RuntimeError, TypeError, KeyError) as err:  # weights or settings that do not fit this cnnlab
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -133,7 +137,7 @@ def record_eval(run_dir: Path, ckpt_key: str, result: dict[str, Any]) -> Path:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test ``cfg.ckpt_path`` on its test set; record and return the result."""
-    module, checkpoint = load_classifier(cfg.ckpt_path)
+    module, checkpoint = load_classifier(cfg.ckpt_path, tta=cfg.get("tta"))
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     datamodule = instantiate(data_config(cfg, checkpoint, overrides))
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
@@ -143,6 +147,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result = {
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
+        "tta": bool(module.hparams.get("tta")),
         "data": datamodule.hparams.name,
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),

@@ -1,4 +1,8 @@
-"""The ``LightningModule``: cross-entropy, torchmetrics accuracy, optimizer and scheduler from Hydra configs."""
+"""The ``LightningModule``: cross-entropy, torchmetrics accuracy, optimizer and scheduler from Hydra configs.
+
+Off by default, each a switch: label smoothing of the training loss, test-time augmentation (the mean of the
+predictions for an image and its mirror image), a linear learning-rate warm-up before any scheduler.
+"""
 
 from __future__ import annotations
 
@@ -45,12 +49,17 @@ class ClassifierModule(pl.LightningModule):
         init: str = "xavier_uniform",
         compile: bool | str = False,
         channels_last: bool = True,
+        label_smoothing: float = 0.0,
+        tta: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         self.net: nn.Module = instantiate(model)
         init_weights(self.net, init)
         num_classes = int(model.get("num_classes", 10))
+        # One example input: the model summary shows each layer's input/output sizes and the FLOPs.
+        size = int(model.get("image_size", 28))
+        self.example_input_array = torch.zeros(1, int(model.get("in_channels", 1)), size, size)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -70,10 +79,17 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x.contiguous(memory_format=self.memory_format))
 
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Class probabilities; with ``tta`` the mean of those for the images and their left-right mirrors."""
+        probs = self(x).softmax(dim=-1)
+        if self.hparams.get("tta"):
+            probs = (probs + self(x.flip(-1)).softmax(dim=-1)) / 2
+        return probs
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self.train_forward(x.contiguous(memory_format=self.memory_format))
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.get("label_smoothing", 0.0))
         self.train_acc.update(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -81,10 +97,16 @@ class ClassifierModule(pl.LightningModule):
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         x, y = batch
-        logits = self(x)
         metric = self.val_acc if stage == "val" else self.test_acc
-        metric.update(logits, y)
-        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True, sync_dist=True)
+        if self.hparams.get("tta"):
+            probs = self.predict_proba(x)
+            metric.update(probs, y)
+            loss = F.nll_loss(probs.clamp_min(1e-12).log(), y)
+        else:
+            logits = self(x)
+            metric.update(logits, y)
+            loss = F.cross_entropy(logits, y)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -95,15 +117,26 @@ class ClassifierModule(pl.LightningModule):
 
     def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, tuple | list) else batch
-        return self(x).softmax(dim=-1)
+        return self.predict_proba(x)
 
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
-        if not self.hparams.scheduler:
+        sched_cfg = dict(self.hparams.scheduler or {})
+        warmup_epochs = float(sched_cfg.pop("warmup_epochs", 0) or 0)
+        interval = sched_cfg.pop("interval", "step" if warmup_epochs and "_target_" not in sched_cfg else "epoch")
+        if not sched_cfg and not warmup_epochs:
             return optimizer
-        sched_cfg = dict(self.hparams.scheduler)
-        interval = sched_cfg.pop("interval", "epoch")
-        if "total_steps" in sched_cfg and sched_cfg["total_steps"] is None:  # OneCycleLR: the whole run
-            sched_cfg["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = instantiate(sched_cfg, optimizer=optimizer)
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        total = epochs if interval == "epoch" else int(self.trainer.estimated_stepping_batches)  # scheduler steps
+        warmup = min(total - 1, max(1, round(warmup_epochs * total / epochs))) if warmup_epochs else 0
+        for key in ("total_steps", "T_max"):  # null: the rest of the run after the warm-up (OneCycleLR, cosine)
+            if key in sched_cfg and sched_cfg[key] is None:
+                sched_cfg[key] = total - warmup
+        schedulers = [instantiate(sched_cfg, optimizer=optimizer)] if "_target_" in sched_cfg else []
+        if warmup:  # linear warm-up from 1% of the learning rate, in the scheduler's own interval
+            ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+            schedulers = [ramp, *schedulers]
+        scheduler = schedulers[0]
+        if len(schedulers) > 1:
+            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, schedulers, milestones=[warmup])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}

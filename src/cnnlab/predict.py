@@ -102,7 +102,7 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]] | str]]
         raise ConfigError(f"invert={cfg.invert!r} must be auto, true or false.")
     if int(cfg.top_k) < 1:
         raise ConfigError(f"top_k={cfg.top_k} must be at least 1.")
-    module, checkpoint = load_classifier(cfg.ckpt_path)
+    module, checkpoint = load_classifier(cfg.ckpt_path, tta=cfg.get("tta"))
     spec = list(cfg.images) if isinstance(cfg.images, ListConfig) else cfg.images
     files = image_files(spec)
     model = checkpoint["hyper_parameters"]["model"]
@@ -117,7 +117,7 @@ def predict(cfg: DictConfig) -> list[tuple[Path, list[tuple[str, float]] | str]]
             results.append((path, str(err)))
             continue
         with torch.no_grad():
-            probs = module(x[None]).softmax(dim=-1)[0]
+            probs = module.predict_proba(x[None])[0]
         top = probs.topk(min(int(cfg.top_k), len(names)))
         results.append((path, [(names[i], float(p)) for p, i in zip(top.values, top.indices.tolist(), strict=True)]))
     return results
