@@ -9,7 +9,7 @@ APT_PACKAGES := dataset-fashion-mnist slurm-wlm munge
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,mlflow]'  # mlflow: logger=mlflow, its tests
 	touch $@
 
 install: system-packages $(VENV)/.installed

@@ -1,4 +1,5 @@
-"""``python -m cnnlab.report DIR``: one row per run (finished, failed or killed), best first, a CSV and a picture."""
+"""``python -m cnnlab.report DIR``: one row per run (finished, failed or killed), best validation accuracy first,
+a CSV and a picture; the overrides every run shares once above a table; tags, and a filter on them."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from cnnlab.plot import read_curves
 from cnnlab.report import aggregate_seeds, load_runs, main, run_labels, write_report
+from conftest import run_cli
 
 
 def fake_run(
@@ -22,6 +24,7 @@ def fake_run(
     metrics: dict | None,
     curve: list[float] | None = None,
     seed: int | None = None,
+    config_tags: list[str] | None = None,
 ) -> Path:
     """A run dir as a sweep job leaves it: .hydra/ record, metrics.json (None: killed), TensorBoard events."""
     run = root / name
@@ -33,8 +36,9 @@ def fake_run(
         f"  runtime:\n    choices:\n      model: {model}\n"
         f"  job:\n    override_dirname: {overrides}\n"
     )
-    if seed is not None:  # the composed config; an interpolation that cannot resolve here must not matter
-        (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\npaths:\n  log_dir: ${{oc.env:NO_SUCH_VAR}}\n")
+    if seed is not None or config_tags is not None:  # the composed config; an unresolvable interpolation is fine
+        tags = f"tags: [{','.join(config_tags)}]\n" if config_tags is not None else ""
+        (run / ".hydra" / "config.yaml").write_text(f"seed: {seed}\n{tags}paths:\n  log_dir: ${{oc.env:NO_SUCH_VAR}}\n")
     if metrics is not None:
         (run / "metrics.json").write_text(json.dumps(metrics))
     if curve:
@@ -83,7 +87,7 @@ def test_report_lists_every_run_best_first_with_failures_last(sweep_dir):
     report = (sweep_dir / "report.md").read_text()
     assert "5 runs, 2 failed or incomplete" in report
     assert (
-        "| 1 | lenet_maxpool | model=lenet_maxpool | 61,706 | 0.830 | 0.840 | 0.850 | 0.400 | 7,400 | 70 | ok |"
+        "| 1 | lenet_maxpool | model=lenet_maxpool |  | 61,706 | 0.840 | 0.830 | 0.850 | 0.400 | 7,400 | 70 | ok |"
         in report
     )
     assert "ValueError: bad \\| lr" in report  # a pipe in an error does not break the table
@@ -114,7 +118,8 @@ def test_labels_name_the_model_and_what_varies():
 def test_cli_prints_the_table_and_refuses_a_folder_without_runs(sweep_dir, tmp_path, capsys):
     assert main([str(sweep_dir)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("| # | model | overrides | params | test acc |") and out.count("\n| ") >= 6
+    assert out.startswith("| # | model | overrides | tags | params | val acc | test acc |") and out.count("\n| ") >= 6
+    assert "best configuration (by validation accuracy): lenet_maxpool: val acc 0.840, test acc 0.830" in out
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "cnnlab: error:" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
@@ -168,8 +173,9 @@ def test_the_report_leads_with_the_configurations(seeds_dir, tmp_path):
     configs_at, runs_at = report.index("## Configurations (mean ± std over seeds)"), report.index("## Runs")
     assert configs_at < runs_at
     accs = SEED_ACCS["model=lenet_maxpool,optimizer.lr=0.1"]
-    best = f"| 1 | lenet_maxpool | model=lenet_maxpool,optimizer.lr=0.1 | 3 | {statistics.mean(accs):.3f} ± "
-    assert best + f"{statistics.stdev(accs):.3f} |" in report
+    val, test = (f"{statistics.mean(accs) + d:.3f} ± {statistics.stdev(accs):.3f}" for d in (0.01, 0.0))
+    best = f"| 1 | lenet_maxpool | model=lenet_maxpool,optimizer.lr=0.1 |  | 3 | {val} | "
+    assert best + f"{test} |" in report
     assert report.index(best) < runs_at and report.count("| ok |") == 6
     assert report.index("| 1 | lenet_maxpool | model=lenet_maxpool,optimizer.lr=0.1,seed=2 |") > runs_at
     png = (seeds_dir / "report.png").read_bytes()
@@ -201,7 +207,122 @@ def test_one_seed_shows_no_std_and_single_runs_group_by_their_config_seed(tmp_pa
     assert configs[1]["test_acc_std"] is None and configs[2]["test_acc_mean"] is None
     write_report(tmp_path / "logs")
     report = (tmp_path / "logs" / "report.md").read_text()
-    assert "| 2 | lenet_k7 | model=lenet_k7 | 1 | 0.750 | 0.760 | 70 | 61,706 |" in report
-    assert "| 3 | lenet_bn | model=lenet_bn | 0 |  |  |  |  |" in report
+    assert "| 2 | lenet_k7 | model=lenet_k7 |  | 1 | 0.760 | 0.750 | 70 | 61,706 |" in report
+    assert "| 3 | lenet_bn | model=lenet_bn |  | 0 |  |  |  |  |" in report
     with open(tmp_path / "logs" / "report_configs.csv") as f:
         assert [c["test_acc_std"] for c in csv.DictReader(f)][1:] == ["", ""]
+
+
+def scored(val_acc: float | None, test_acc: float, tags: list[str] | None = None) -> dict:
+    """A finished run's metrics with its own validation accuracy (and tags, as train.py writes them)."""
+    metrics = {**finished(test_acc), "val_acc": val_acc}
+    return metrics if tags is None else {**metrics, "tags": tags}
+
+
+def test_runs_and_configurations_rank_by_validation_accuracy_not_test(tmp_path):
+    root = tmp_path / "multirun" / "2025-01-04_00-00-00_000000"
+    fake_run(root, "0", "lenet", "model=lenet", scored(0.80, 0.90))  # best test, worse val: second
+    fake_run(root, "1", "lenet_wide", "model=lenet_wide", scored(0.88, 0.85))
+    fake_run(root, "2", "lenet_bn", "model=lenet_bn", scored(None, 0.95))  # no val acc: last
+    rows = write_report(root)
+    assert [r["model"] for r in rows] == ["lenet_wide", "lenet", "lenet_bn"]
+    with open(root / "report.csv") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["lenet_wide", "lenet", "lenet_bn"]
+    with open(root / "report_configs.csv") as f:
+        assert [c["model"] for c in csv.DictReader(f)] == ["lenet_wide", "lenet", "lenet_bn"]
+    report = (root / "report.md").read_text()
+    runs = report[report.index("## Runs") :]
+    assert runs.index("| 1 | lenet_wide | model=lenet_wide |") < runs.index("| 2 | lenet | model=lenet |")
+    assert "| 3 | lenet_bn | model=lenet_bn |  | 61,706 |  | 0.950 |" in runs
+    assert "| 1 | lenet_wide | model=lenet_wide |  | 1 | 0.880 | 0.850 |" in report  # the configurations
+    assert "best configuration (by validation accuracy): lenet_wide: val acc 0.880, test acc 0.850 (n=1)" in report
+
+
+def test_the_best_configuration_is_the_one_with_the_best_mean_validation_accuracy(tmp_path):
+    root = tmp_path / "multirun" / "2025-01-05_00-00-00_000000"
+    accs = {"optimizer.lr=0.1": [(0.90, 0.80), (0.86, 0.80)], "optimizer.lr=0.01": [(0.85, 0.90), (0.85, 0.90)]}
+    for lr, seeds in accs.items():
+        for seed, (val, test) in enumerate(seeds, 1):
+            fake_run(root, f"{lr}_{seed}", "lenet", f"{lr},seed={seed}", scored(val, test), seed=seed)
+    configs = aggregate_seeds(load_runs(root))
+    assert [c["overrides"] for c in configs] == ["optimizer.lr=0.1", "optimizer.lr=0.01"]
+    write_report(root)
+    std = statistics.stdev([0.90, 0.86])
+    best = f"best configuration (by validation accuracy): lenet lr=0.1: val acc 0.880 ± {std:.3f}, test acc 0.800"
+    assert best in (root / "report.md").read_text()
+
+
+def test_overrides_every_run_shares_are_written_once_above_the_table(tmp_path):
+    root = tmp_path / "multirun" / "2025-01-06_00-00-00_000000"
+    shared = "experiment=fashion_frontier,trainer.max_epochs=3"
+    for i, (lr, seed) in enumerate([("0.1", 1), ("0.1", 2), ("0.01", 1)]):
+        overrides = f"experiment=fashion_frontier,optimizer.lr={lr},seed={seed},trainer.max_epochs=3"
+        fake_run(root, str(i), "lenet", overrides, scored(0.8 + i / 100, 0.8), seed=seed)
+    rows = write_report(root)
+    report = (root / "report.md").read_text()
+    configs_at, runs_at = report.index("## Configurations"), report.index("## Runs")
+    configs_part, runs_part = report[configs_at:runs_at], report[runs_at:]
+    for part, what in ((configs_part, "configurations"), (runs_part, "runs")):
+        line = f"All {what}: experiment=fashion_frontier trainer.max_epochs=3\n"
+        assert part.count("experiment=fashion_frontier") == 1 and part.count("max_epochs") == 1
+        assert part.index(line) < part.index("| # | model | overrides |")
+    assert "| 1 | lenet | optimizer.lr=0.01,seed=1 |" in runs_part  # only what differs between the runs
+    assert "| 2 | lenet | optimizer.lr=0.1,seed=2 |" in runs_part
+    assert "| 1 | lenet | optimizer.lr=0.01 |  | 1 | 0.820 |" in configs_part  # the seed is grouped away
+    assert "| 2 | lenet | optimizer.lr=0.1 |  | 2 | 0.805 ± 0.007 |" in configs_part
+    with open(root / "report.csv") as f:  # the CSV keeps every override
+        assert [r["overrides"] for r in csv.DictReader(f)] == [r["overrides"] for r in rows]
+    assert all(r["overrides"].startswith(shared.split(",")[0]) for r in rows)
+
+
+@pytest.fixture
+def tagged_dir(tmp_path: Path) -> Path:
+    """Runs tagged [ablation, frontier], [frontier], untagged (from before tags), and a failed ablation run."""
+    root = tmp_path / "logs"
+    fake_run(root, "0", "lenet", "model=lenet", scored(0.85, 0.84, ["ablation", "frontier"]))
+    fake_run(root, "1", "lenet_wide", "model=lenet_wide", scored(0.87, 0.86, ["frontier"]))
+    fake_run(root, "2", "lenet_bn", "model=lenet_bn", finished(0.80))  # no "tags" key: an older run
+    failed = {"test_acc": None, "val_acc": None, "params": None, "status": "failed", "error": "RuntimeError: NaN"}
+    fake_run(root, "3", "lenet_k7", "model=lenet_k7", failed, config_tags=["ablation"])  # its tags: its config's
+    return root
+
+
+def test_tags_are_a_column_of_the_report_and_its_csvs(tagged_dir):
+    rows = write_report(tagged_dir)
+    assert [(r["model"], r["tags"]) for r in rows] == [
+        ("lenet_wide", "frontier"),
+        ("lenet", "ablation,frontier"),
+        ("lenet_bn", ""),
+        ("lenet_k7", "ablation"),
+    ]
+    with open(tagged_dir / "report.csv") as f:
+        assert [r["tags"] for r in csv.DictReader(f)] == ["frontier", "ablation,frontier", "", "ablation"]
+    with open(tagged_dir / "report_configs.csv") as f:
+        assert [c["tags"] for c in csv.DictReader(f)] == ["frontier", "ablation,frontier", "", "ablation"]
+    report = (tagged_dir / "report.md").read_text()
+    assert "| 2 | lenet | model=lenet | ablation,frontier | 61,706 | 0.850 | 0.840 |" in report
+    assert "| 3 | lenet_bn | model=lenet_bn |  | 61,706 |" in report
+
+
+def test_a_tag_filter_keeps_the_runs_that_carry_any_of_its_tags(tagged_dir, capsys):
+    assert main([str(tagged_dir), "tags=ablation"]) == 0
+    out = capsys.readouterr().out
+    with open(tagged_dir / "report.csv") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["lenet", "lenet_k7"]
+    assert "lenet_wide" not in out and "lenet_bn" not in out
+    assert "2 runs tagged ablation, 1 failed or incomplete" in (tagged_dir / "report.md").read_text()
+    assert main(["tags=[ablation,frontier]", str(tagged_dir)]) == 0  # any of them; in either order
+    with open(tagged_dir / "report.csv") as f:
+        assert [r["model"] for r in csv.DictReader(f)] == ["lenet_wide", "lenet", "lenet_k7"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main([str(tagged_dir), "model=lenet"])  # not a filter the report knows
+    assert stop.value.code == 2 and "unknown filter model=" in capsys.readouterr().err
+
+
+def test_a_tag_filter_that_keeps_no_run_is_one_clear_error(tagged_dir):
+    result = run_cli("cnnlab.report", str(tagged_dir), "tags=[smoke,nightly]", cwd=tagged_dir, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith("cnnlab: error: no run under") and len(result.stderr.strip().splitlines()) == 1
+    assert "smoke, nightly" in result.stderr and "the tags found there: ablation, frontier" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""

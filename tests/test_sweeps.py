@@ -43,7 +43,10 @@ CHAPTER6_MODELS = {
 def grid_jobs(params: dict[str, str]) -> list[list[str]]:
     """The jobs of a basic-sweeper grid, as Hydra expands ``hydra.sweeper.params``."""
     parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
-    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+    axes = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
+        for o in parsed
+    ]  # a plain value (experiment: fashion_frontier) is in every job
     return [list(job) for job in itertools.product(*axes)]
 
 
@@ -242,7 +245,7 @@ def test_sweep_through_joblib_runs_four_jobs_in_parallel_and_reports_them(tmp_pa
     with open(sweep_dir / "report.csv") as f:  # written when the sweep ended
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
-    assert [float(r["test_acc"]) for r in rows] == sorted((float(r["test_acc"]) for r in rows), reverse=True)
+    assert [float(r["val_acc"]) for r in rows] == sorted((float(r["val_acc"]) for r in rows), reverse=True)
     assert (sweep_dir / "report.png").stat().st_size > 10_000
     assert (sweep_dir / "report.md").read_text().count("| ok |") == 4
     progress = [line for line in result.stdout.splitlines() if re.match(r"\[\d/4\] ", line)]  # one per finished job

@@ -52,7 +52,9 @@ def test_cli_trains_logs_and_checkpoints(tmp_path, tiny_data_dir):
     tags = set(events.Tags()["scalars"])
     assert {"train/loss_step", "train/acc", "val/acc", "test/acc", "train/examples_per_sec"} <= tags, tags
     assert any(tag.startswith("lr-") for tag in tags), tags
-    assert "model:" in result.stdout + result.stderr  # the config is printed once
+    assert "_target_: cnnlab.models.LeNet" not in result.stdout  # the config: in the run's log, not on the screen
+    assert "_target_: cnnlab.models.LeNet" in (run_dir / "train.log").read_text()
+    assert result.stdout.startswith("cnnlab: lenet_maxpool-fashion_mnist on fashion_mnist, 61,706 parameters")
 
 
 def test_cli_runs_from_any_working_directory(tmp_path, tiny_data_dir):

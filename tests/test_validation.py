@@ -7,6 +7,7 @@ line, to check the exit status and that no traceback is printed.
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import subprocess
@@ -16,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra.errors import ConfigCompositionException
 
 from cnnlab.config import CONF_DIR
-from cnnlab.errors import user_error
+from cnnlab.errors import ConfigError, user_error
+from cnnlab.schemas import check_overrides
 from cnnlab.train import train
 from conftest import TINY_OVERRIDES, compose_config, write_idx_set
 
@@ -137,6 +140,11 @@ CASES = [
     BadInput("missing-checkpoint", ("ckpt_path=/nonexistent/last.ckpt",), ("/nonexistent/last.ckpt", "not exist")),
     BadInput("truncated-checkpoint", (), ("cannot be read", "truncated"), truncated_checkpoint),
     BadInput("checkpoint-with-code", (), ("weights_only", "arbitrary code"), pickled_code_checkpoint),
+    BadInput("lr-not-a-number", ("optimizer.lr=abc",), ("optimizer.lr='abc'", "a number")),
+    BadInput("unknown-augmentation", ("data.augment=[crop,rotate]",), ("data.augment", "'rotate'", "flip")),
+    BadInput("label-smoothing-out-of-range", ("label_smoothing=1.0",), ("label_smoothing=1.0", "[0, 1)")),
+    BadInput("ema-decay-out-of-range", ("ema=1.5",), ("ema=1.5", "(0, 1)")),
+    BadInput("warmup-longer-than-run", ("scheduler.warmup_epochs=3",), ("scheduler.warmup_epochs=3", "max_epochs")),
     BadInput("checkpoint-of-other-model", ("model.pool=max",), ("model.pool=avg", "pool=max"), checkpoint_of_lenet),
 ]
 
@@ -160,7 +168,37 @@ def test_bad_input_is_refused_before_training_with_one_clear_message(
     assert not (tmp_path / "pwned").exists(), "loading the checkpoint ran its code"
 
 
-@pytest.mark.parametrize("group", ["model", "data", "optimizer", "scheduler", "trainer"])
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("trainer.max_epoch=5", "not a Lightning Trainer argument; did you mean trainer.max_epochs"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' must be an integer (or null)."),
+        ("trainer.limit_train_batches=[1]", None),  # Any-typed (int or float): Lightning checks it
+        ("data.batch_size=abc", "data.batch_size='abc' must be an integer."),
+        ("data.normalize=maybe", "data.normalize='maybe' must be true or false."),
+        ("data.batch_szie=64", "did you mean data.batch_size"),
+        ("model.conv_channels=[a,16]", "model.conv_channels=['a', 16] must be a list of integers."),
+        ("model.dropout=high", "model.dropout='high' must be a number."),
+        ("model.activation=[relu]", "model.activation=['relu'] must be a string."),
+        ("data.batch_size=64,abc", "data.batch_size='abc' must be an integer."),  # a sweep's values, each
+    ],
+)
+def test_a_wrong_type_or_unknown_key_is_refused_before_composing(override: str, says: str | None) -> None:
+    if says is None:
+        check_overrides([override])
+        return
+    with pytest.raises(ConfigError) as raised:
+        check_overrides(["-m", override] if "," in override else [override])
+    assert says in str(raised.value) and len(str(raised.value).splitlines()) == 1, str(raised.value)
+
+
+def test_every_trainer_argument_is_a_config_key(tmp_path: Path) -> None:
+    cfg = compose_config(["trainer.limit_train_batches=20", "trainer.gradient_clip_val=0.5"], tmp_path)
+    assert cfg.trainer.limit_train_batches == 20 and cfg.trainer.gradient_clip_val == 0.5
+    assert set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "callbacks", "logger"} <= set(cfg.trainer)
+
+
+@pytest.mark.parametrize("group", ["model", "data", "optimizer", "scheduler", "trainer", "logger", "debug"])
 def test_an_unknown_choice_is_refused_listing_the_choices(group: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigCompositionException) as raised:
         compose_config([f"{group}=no_such_{group}"], tmp_path)
@@ -180,6 +218,7 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subproces
         "data": (common + ["data.verify_md5=true"], {}),
         "unknown-model": (common + ["model=no_such_model"], {}),
         "debug": (common + ["optimizer.lr=0"], {"CNNLAB_DEBUG": "1"}),
+        "trainer-name": (common + ["trainer.max_epoch=5"], {}),
     }
     procs = {
         name: subprocess.Popen(
@@ -211,6 +250,7 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subproces
     [
         ("data", "cnnlab: error: "),
         ("unknown-model", "Available options in 'model'"),
+        ("trainer-name", "cnnlab: error: trainer.max_epoch is not a Lightning Trainer argument; did you mean"),
     ],
 )
 def test_cli_exits_non_zero_with_the_message_and_no_traceback(cli_results, case: str, says: str) -> None:
@@ -220,6 +260,8 @@ def test_cli_exits_non_zero_with_the_message_and_no_traceback(cli_results, case:
     assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
     if case == "unknown-model":
         assert "lenet_maxpool" in result.stderr  # the choices are listed
+    elif case == "trainer-name":
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     else:
         assert result.returncode == 2
         message = result.stderr[result.stderr.index("cnnlab: error: ") :].strip()

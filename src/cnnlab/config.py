@@ -16,3 +16,12 @@ def as_dict(node: DictConfig | None) -> dict[str, Any]:
     if node is None:
         return {}
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def _register_schemas() -> None:
+    from cnnlab.schemas import register  # the schemas import Lightning and the models: only when configs compose
+
+    register()
+
+
+_register_schemas()

@@ -22,6 +22,11 @@ class DataError(CnnlabError):
     """Data that cannot be found, read or trusted: missing, truncated or corrupt IDX files."""
 
 
+class WriteError(CnnlabError):
+    """A file cnnlab must write (a checkpoint, metrics.json, a report) that cannot be written: a full disk, no
+    permission, a read-only folder."""
+
+
 def user_error(err: BaseException) -> CnnlabError | None:
     """The ``CnnlabError`` behind an exception (Hydra's ``instantiate`` wraps them), or None for a bug."""
     seen: BaseException | None = err

@@ -8,16 +8,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -26,6 +24,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cnnlab.errors import CnnlabError
+from cnnlab.files import atomic_file
 
 log = logging.getLogger("cnnlab.guards")
 
@@ -76,39 +75,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return super().load_checkpoint(
             path, map_location=map_location, weights_only=True if weights_only is None else weights_only
         )
-
-
-@contextmanager
-def atomic_file(target: Path) -> Iterator[IO[bytes]]:
-    """Write ``target`` all or nothing: a temp file in its folder, fsync, ``os.replace``, fsync of the folder.
-
-    A kill at any moment leaves either the old file or the new one, never a truncated one; temp files left by a
-    process killed mid-write are removed by the next write.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")  # same folder: the rename is atomic
-    try:
-        with open(temp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    folder = os.open(target.parent, os.O_RDONLY)  # make the rename itself durable (a power cut)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-    for stale in target.parent.glob(f".{target.name}.*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """``metrics.json`` and the like: a reader (a resumed sweep) sees the whole file or none."""
-    with atomic_file(path) as f:
-        f.write((json.dumps(data, indent=2) + "\n").encode())
 
 
 class DivergenceGuard(Callback):

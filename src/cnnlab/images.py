@@ -8,6 +8,7 @@ network ``pl_module.net``. The confusion matrix and the misclassified grid share
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -284,7 +285,10 @@ class ModelGraph(TestSetImages):
         was_training = net.training
         net.eval()
         try:
-            with torch.compiler.set_stance("force_eager"):  # a compiled network is traced as the plain one
+            # TensorBoard's add_graph traces with torch.jit.trace, which PyTorch now deprecates (FutureWarning);
+            # TensorBoard has no other way to draw a graph, and the warning is nothing a user can act on.
+            with torch.compiler.set_stance("force_eager"), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.trace", category=FutureWarning)
                 writer.add_graph(net, example)
         except Exception as err:  # tracing is best effort: a picture is not worth failing a finished run
             rank_zero_warn(f"ModelGraph: the model graph could not be traced ({type(err).__name__}: {err}).")

@@ -28,7 +28,7 @@ from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.guards import write_json_atomically
+from cnnlab.files import write_json_atomically
 from cnnlab.report import round_floats
 
 log = logging.getLogger("cnnlab.launch")

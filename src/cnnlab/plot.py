@@ -1,5 +1,6 @@
 """``report.png``: the picture of a report (``cnnlab.report``): test accuracy per configuration (± std over seeds)
-or per run, above the validation accuracy and training loss per epoch of every run."""
+or per run, in the report's order (best validation accuracy first), above the validation accuracy and training
+loss per epoch of every run."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cnnlab.report import aggregate_seeds, config_key, error_line, fmt_mean_std, run_labels
+from cnnlab.files import atomic_file
+from cnnlab.report import aggregate_seeds, config_key, run_labels
+from cnnlab.report_table import error_line, fmt_mean_std
 
 
 def read_curves(run_dir: Path) -> dict[str, list[float]]:
@@ -90,10 +93,11 @@ def plot_report(
         index = {config_key(c): i for i, c in enumerate(configs)}
         group = [index[config_key(row)] for row in rows]  # the runs of a configuration share its colour
         title = f"{len(configs)} configurations ({len(rows)} runs) in {root.name}: mean test accuracy ± std"
+        title += ", best mean validation accuracy first"
         xlabel = "mean test accuracy over seeds (bar, ± std), seeds and parameters (text)"
     else:
         labels, bars, group = run_labels(rows), run_bars(rows), list(range(len(rows)))
-        title = f"{len(rows)} runs in {root.name}: test accuracy, best first"
+        title = f"{len(rows)} runs in {root.name}: test accuracy, best validation accuracy first"
         xlabel = "test accuracy (bar), parameters (text)"
     # tab20's dark shades first, then the light ones, so that neighbours in the ranking differ.
     colors = [plt.get_cmap("tab20")((2 * i) % 20 + (2 * i // 20) % 2) for i in range(len(bars))]
@@ -120,5 +124,6 @@ def plot_report(
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     if acc.lines:
         loss.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), ncols=2 if len(legend) > 16 else 1)
-    fig.savefig(path, dpi=110)
+    with atomic_file(Path(path)) as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)

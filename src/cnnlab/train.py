@@ -16,15 +16,18 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cnnlab.callbacks import ExamplesPerSecond
 from cnnlab.config import CONF_DIR, as_dict
+from cnnlab.console import config_log, log_config, print_header, print_summary
 from cnnlab.errors import exit_on_user_error, user_error
-from cnnlab.guards import RunInterrupted, interruptions_reported, write_json_atomically
+from cnnlab.files import write_json_atomically
+from cnnlab.guards import RunInterrupted, interruptions_reported
 from cnnlab.launch import is_multirun, record_failure, sweep_job
 from cnnlab.module import ClassifierModule
 from cnnlab.resume import continue_job, resolve_resume
+from cnnlab.schemas import check_overrides
 from cnnlab.validate import validate_config
 
 log = logging.getLogger("cnnlab.train")
@@ -40,10 +43,16 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassifierModule, pl
         init=cfg.init,
         compile=cfg.compile,
         channels_last=cfg.get("channels_last", True),
+        label_smoothing=cfg.get("label_smoothing", 0.0),
+        tta=cfg.get("tta", False),
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [c for c in callbacks if c is not None]  # a switched-off callback (ema=null) builds None
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # Without a terminal (nohup, SLURM, a log file) a progress bar only leaves its last frame: the epoch lines
+    # (callbacks.epoch_lines) say the same, one line per epoch.
+    progress_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, enable_progress_bar=progress_bar)
     return datamodule, module, trainer
 
 
@@ -52,21 +61,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     resolve_resume(cfg)  # ckpt_path=last; a resumed run writes into its checkpoint's run dir
     validate_config(cfg)
+    log_config(cfg)  # the run's log; the terminal only with extras.print_config=true
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
+    print_header(cfg, module, trainer)
     with interruptions_reported(trainer):  # a checkpoint holds tensors and plain data: weights_only loading
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         test_results = trainer.test(module, datamodule=datamodule, verbose=False)
 
     metrics = final_metrics(trainer, module, fit_metrics, test_results, wall_s=time.time() - start)
+    metrics["tags"] = [str(tag) for tag in cfg.get("tags") or []]
     if trainer.is_global_zero:
+        hp_metrics = {f"hp/{k}": metrics[k] for k in ("test_acc", "val_acc")}
         for logger in trainer.loggers:  # the HPARAMS tab: the whole config with the run's final metrics
-            logger.log_hyperparams(run_hparams(cfg), {f"hp/{k}": metrics[k] for k in ("test_acc", "val_acc")})
+            if isinstance(logger, pl.loggers.TensorBoardLogger):
+                logger.log_hyperparams(run_hparams(cfg), hp_metrics)
+            else:  # CSV, MLflow: log_hyperparams takes the params only, the final metrics go in as metrics
+                logger.log_hyperparams(run_hparams(cfg))
+                logger.log_metrics({k: v for k, v in hp_metrics.items() if v is not None}, step=trainer.global_step)
             logger.finalize("success")
         write_json_atomically(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-        log.info("metrics: %s", json.dumps(metrics))
+        config_log.info("metrics: %s", json.dumps(metrics))
+        print_summary(cfg, metrics)
     return metrics
 
 
@@ -100,11 +118,10 @@ def run_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra entry point: print the config once, train, return the validation accuracy.
+    """Hydra entry point: train, return the validation accuracy.
 
     In a sweep (``-m``) a job that fails is recorded as failed and returns None, and the sweep goes on.
     """
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     start = time.time()
     with exit_on_user_error():  # a user mistake: one clear message, no traceback
         try:
@@ -125,4 +142,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    with exit_on_user_error():  # trainer.max_epoch=5, data.batch_size=abc: one line before Hydra composes
+        check_overrides(sys.argv[1:])
     main()
