@@ -141,6 +141,7 @@ CASES = [
     BadInput("truncated-checkpoint", (), ("cannot be read", "truncated"), truncated_checkpoint),
     BadInput("checkpoint-with-code", (), ("weights_only", "arbitrary code"), pickled_code_checkpoint),
     BadInput("lr-not-a-number", ("optimizer.lr=abc",), ("optimizer.lr='abc'", "a number")),
+    BadInput("tags-not-a-list", ("tags=ablation",), ("tags='ablation' must be a list", "tags=[ablation]")),
     BadInput("unknown-augmentation", ("data.augment=[crop,rotate]",), ("data.augment", "'rotate'", "flip")),
     BadInput("label-smoothing-out-of-range", ("label_smoothing=1.0",), ("label_smoothing=1.0", "[0, 1)")),
     BadInput("ema-decay-out-of-range", ("ema=1.5",), ("ema=1.5", "(0, 1)")),

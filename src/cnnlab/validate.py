@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.config import as_dict
 from cnnlab.data import DATASETS
@@ -78,6 +78,9 @@ def check_numbers(cfg: DictConfig) -> None:
         if isinstance(value, str) or (key == "seed" and value is not None and not isinstance(value, int)):
             kind = "an integer" if key == "seed" else "a number"
             raise ConfigError(f"{key}={value!r} must be {kind}.")
+    tags = cfg.get("tags")
+    if tags is not None and not isinstance(tags, ListConfig | list):  # tags=ablation would become a, b, l, ...
+        raise ConfigError(f"tags={tags!r} must be a list: tags=[{tags}] (or tags=[a,b]).")
 
 
 def check_training_switches(cfg: DictConfig) -> None:
