@@ -141,15 +141,18 @@ def test_ema_weights_are_the_ones_evaluated_and_checkpointed(tiny_cfg, tmp_path)
 
 
 def test_tta_averages_the_predictions_of_the_image_and_its_mirror(tiny_cfg) -> None:
-    cfg = tiny_cfg("tta=true", "trainer.max_epochs=1")
+    # Untrained and with ReLU: a sigmoid LeNet, or one trained a few steps on the tiny set, gives every image,
+    # mirrored or not, the same answer, and the mirror would change nothing to measure.
+    cfg = tiny_cfg("tta=true", "model.activation=relu", "model.pool=max")
     datamodule, module, trainer = build(cfg)
-    trainer.fit(module, datamodule=datamodule)
+    datamodule.setup("test")
     images, labels = datamodule.test_set
     module.eval()
     with torch.no_grad():
         expected = (module(images).softmax(-1) + module(images.flip(-1)).softmax(-1)) / 2
         assert torch.allclose(module.predict_proba(images), expected)
-        assert not torch.allclose(module(images).softmax(-1), expected), "the mirror changes nothing here"
+        plain = module(images).softmax(-1)
+        assert (plain - expected).abs().max() > 1e-4, "the mirror changes nothing here"  # float noise: ~1e-7
     tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
     assert tested == pytest.approx((expected.argmax(-1) == labels).float().mean().item())
 
