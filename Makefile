@@ -27,10 +27,11 @@ train: install
 # The TensorBoard test drives Debian's headless Chromium: `make test` installs it too (the variable reaches the
 # prerequisites, so system-packages installs it).
 test: APT_PACKAGES += chromium chromium-driver
-# Two pytest workers, a test file each at a time: most tests wait on subprocesses (a sweep, a SLURM job, a DDP
-# pair), so two share the two cores well; one file's tests (the SLURM ones: one cluster) stay in one worker.
+# Two pytest workers, a test file each at a time: one file's tests (the SLURM ones: one cluster) stay in one
+# worker, and the files with slow tests go first (tests/conftest.py orders them; --no-loadscope-reorder keeps
+# that order), so that neither worker ends alone with a long file. About 6 minutes on 2 cores (README, Tests).
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -19,14 +19,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory: pytest.TempPathFactory):
-    """One tiny run through ``python -m cnnlab.train`` with stdout a pipe (no terminal), as under nohup or SLURM."""
+    """One tiny run through ``python -m cnnlab.train`` with stdout a pipe (no terminal), as under nohup or SLURM;
+    in a new interpreter, so that what importing prints counts too."""
     from conftest import write_idx_set
 
     root = tmp_path_factory.mktemp("console")
     write_idx_set(root / "data" / "FashionMNIST" / "raw")
     shown = ("trainer.enable_progress_bar", "trainer.enable_model_summary")  # as a user's run has them
     overrides = [o for o in TINY_OVERRIDES if not o.startswith(shown)]
-    result = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=2", "model=lenet_bn", cwd=root)
+    result = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=2", "model=lenet_bn", cwd=root, fresh=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result
 

@@ -6,14 +6,13 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+import forked_cli
 from cnnlab.data import MNISTDataModule, TensorBatches
 from cnnlab.module import ClassifierModule
 from conftest import TINY_OVERRIDES, TINY_TEST, run_cli, write_idx_set
@@ -40,16 +39,10 @@ def whole_test_set_accuracy(checkpoint: Path, data_dir: Path) -> float:
 
 
 @pytest.mark.slow
-def test_ddp_cpu_trains_once_and_tests_on_the_whole_test_set(tmp_path, tiny_data_dir):
+def test_ddp_cpu_trains_once_tests_on_the_whole_test_set_and_resumes_in_its_run_dir(tmp_path, tiny_data_dir):
     log_dir = tmp_path / "logs"
-    result = run_cli(
-        "cnnlab.train",
-        *DDP_OVERRIDES,
-        f"paths.data_dir={tiny_data_dir}",
-        f"paths.log_dir={log_dir}",
-        cwd=tmp_path,
-        timeout=150,
-    )
+    overrides = [*DDP_OVERRIDES, f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={log_dir}"]
+    result = run_cli("cnnlab.train", *overrides, cwd=tmp_path, timeout=150)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stdout + result.stderr  # two ranks took part
     run_dirs = list((log_dir / "lenet-fashion_mnist").iterdir())
@@ -64,6 +57,13 @@ def test_ddp_cpu_trains_once_and_tests_on_the_whole_test_set(tmp_path, tiny_data
     assert metrics["test_acc"] == pytest.approx(
         whole_test_set_accuracy(run_dir / "checkpoints" / "last.ckpt", tiny_data_dir)
     )
+
+    resumed = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=2", "ckpt_path=last", cwd=tmp_path, timeout=150)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert list((log_dir / "lenet-fashion_mnist").iterdir()) == [run_dir]  # no second run dir, from rank 0 or 1
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+    assert "ckpt_path=last: resuming" in (run_dir / "train.log").read_text()
+    assert f"ckpt_path=last: resuming {run_dir}," in (run_dir / "train_ddp_process_1.log").read_text()  # rank 1 too
 
 
 @pytest.mark.slow
@@ -104,14 +104,10 @@ def test_ctrl_c_under_ddp_stops_every_rank_after_the_same_step_with_one_checkpoi
     data_dir = tmp_path / "data"
     write_idx_set(data_dir / "FashionMNIST" / "raw", n_train=1000 + 20)  # 2 ranks x 4 a step: 125 steps an epoch
     log_dir = tmp_path / "logs"
-    with open(tmp_path / "out.log", "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cnnlab.train", *DDP_OVERRIDES, "data.batch_size=8", "trainer.max_epochs=2",
-             "callbacks.step_checkpoint.every_n_train_steps=10", f"paths.data_dir={data_dir}",
-             f"paths.log_dir={log_dir}"],
-            cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    overrides = [*DDP_OVERRIDES, "data.batch_size=8", "trainer.max_epochs=2", f"paths.data_dir={data_dir}",
+                 "callbacks.step_checkpoint.every_n_train_steps=10", f"paths.log_dir={log_dir}"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = forked_cli.start("cnnlab.train", overrides, str(tmp_path), env, str(tmp_path / "out.log"), session=True)
     try:
         deadline = time.monotonic() + 120
         while not list(log_dir.glob("*/*/checkpoints/last.ckpt")):  # both ranks are training
@@ -130,16 +126,3 @@ def test_ctrl_c_under_ddp_stops_every_rank_after_the_same_step_with_one_checkpoi
     (checkpoint,) = log_dir.glob("*/*/checkpoints/last*.ckpt")
     assert torch.load(checkpoint, weights_only=True)["global_step"] == int(stops[0][0])
     assert "Traceback" not in printed
-
-
-@pytest.mark.slow
-def test_a_resumed_ddp_run_continues_in_its_run_dir_and_leaves_no_other(tmp_path, tiny_data_dir):
-    overrides = [*DDP_OVERRIDES, f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}"]
-    first = run_cli("cnnlab.train", *overrides, cwd=tmp_path, timeout=150)
-    assert first.returncode == 0, first.stderr[-3000:]
-    resumed = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=2", "ckpt_path=last", cwd=tmp_path, timeout=150)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (run_dir,) = (tmp_path / "logs" / "lenet-fashion_mnist").iterdir()  # no second run dir, from rank 0 or 1
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
-    assert "ckpt_path=last: resuming" in (run_dir / "train.log").read_text()
-    assert f"ckpt_path=last: resuming {run_dir}," in (run_dir / "train_ddp_process_1.log").read_text()  # rank 1 too

@@ -6,8 +6,6 @@ import os
 import pickle
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import forked_cli
 from cnnlab import guards
 from cnnlab.errors import user_error
 from cnnlab.guards import AtomicCheckpointIO, TrainingDiverged
@@ -43,17 +42,10 @@ def long_run_overrides(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-def start_cli(overrides: list[str], cwd: Path) -> subprocess.Popen:
+def start_cli(overrides: list[str], cwd: Path) -> forked_cli.ForkedProcess:
     """``python -m cnnlab.train`` in the background; its output goes to files (a full pipe would block it)."""
-    with open(cwd / "stdout.log", "w") as out, open(cwd / "stderr.log", "w") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cnnlab.train", *overrides],
-            cwd=cwd,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-        )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **ONE_THREAD}
+    return forked_cli.start("cnnlab.train", overrides, str(cwd), env, str(cwd / "stdout.log"), str(cwd / "stderr.log"))
 
 
 def output(cwd: Path) -> tuple[str, str]:
@@ -61,7 +53,7 @@ def output(cwd: Path) -> tuple[str, str]:
     return (cwd / "stdout.log").read_text(), (cwd / "stderr.log").read_text()
 
 
-def wait_for_file(pattern: str, root: Path, proc: subprocess.Popen, timeout: float = 120) -> Path:
+def wait_for_file(pattern: str, root: Path, proc: forked_cli.ForkedProcess, timeout: float = 120) -> Path:
     """The first file under ``root`` matching ``pattern``, while ``proc`` still runs."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -112,6 +104,7 @@ def test_last_ckpt_is_the_last_epoch_even_when_val_acc_stops_improving(tiny_cfg,
     assert (last["epoch"], last["global_step"]) == (2, 3 * 5)
 
 
+@pytest.mark.slow
 def test_a_run_killed_hard_resumes_from_last_ckpt_and_finishes_all_epochs(tmp_path):
     # a checkpoint every step: the kill very likely lands during a save, which must not corrupt last.ckpt
     overrides = long_run_overrides(tmp_path, "callbacks.step_checkpoint.every_n_train_steps=1")
@@ -179,6 +172,7 @@ def interrupted_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[signal.Si
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_cleanly(sig, interrupted_runs, tmp_path):
     run = interrupted_runs[sig]

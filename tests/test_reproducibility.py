@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import forked_cli
 from cnnlab.train import train
 from conftest import TINY_OVERRIDES, compose_config
 
@@ -33,26 +32,17 @@ def test_same_seed_and_deterministic_twice_at_once_give_identical_metrics_in_sep
     args = [*TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", "trainer.max_epochs=2", "seed=0"]
     args += ["trainer.deterministic=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "cnnlab.train", *args],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    errors = [tmp_path / f"stderr-{i}.log" for i in range(2)]
+    procs = [forked_cli.start("cnnlab.train", args, str(tmp_path), env, os.devnull, str(err)) for err in errors]
     try:
-        errors = [proc.communicate(timeout=240)[1] for proc in procs]
+        for proc in procs:
+            proc.wait(timeout=240)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    assert [proc.returncode for proc in procs] == [0, 0], errors[0][-3000:] + errors[1][-3000:]
+    assert [proc.returncode for proc in procs] == [0, 0], errors[0].read_text()[-3000:] + errors[1].read_text()[-3000:]
 
     run_dirs = sorted(p.parent for p in (tmp_path / "logs").rglob("metrics.json"))
     assert len(run_dirs) == 2 and run_dirs[0].parent == run_dirs[1].parent  # lenet-fashion_mnist/<two dirs>

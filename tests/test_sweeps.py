@@ -216,6 +216,7 @@ def test_slurm_launcher_composes_to_the_right_sbatch_script(tmp_path, monkeypatc
     assert cfg.trainer.devices == -1 and cfg.trainer.num_nodes == 1  # DDP over the job's GPUs, one per task
 
 
+@pytest.mark.slow
 def test_sweep_through_joblib_runs_four_jobs_in_parallel_and_reports_them(tmp_path, tiny_data_dir):
     log_dir = tmp_path / "logs"
     result = run_cli(
@@ -255,6 +256,7 @@ def test_sweep_through_joblib_runs_four_jobs_in_parallel_and_reports_them(tmp_pa
     assert f"report: {sweep_dir / 'report.md'}" in result.stdout
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path, tiny_data_dir):
     log_dir = tmp_path / "logs"
     result = run_cli(
@@ -278,6 +280,7 @@ def test_a_failed_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path, tiny_
     assert "1 failed or incomplete" in report and "| failed |" in report and "momentum" in report
 
 
+@pytest.mark.slow
 def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_data_dir):
     log_dir = tmp_path / "logs"
     result = run_cli(

@@ -29,19 +29,13 @@ def only_run_dir(log_dir: Path) -> Path:
     return runs[0]
 
 
-def test_cli_trains_logs_and_checkpoints(tmp_path, tiny_data_dir):
-    log_dir = tmp_path / "logs"
-    result = run_cli(
-        "cnnlab.train",
-        *TINY_OVERRIDES,
-        f"paths.data_dir={tiny_data_dir}",
-        f"paths.log_dir={log_dir}",
-        "model=lenet_maxpool",
-        "trainer.max_epochs=2",
-        cwd=tmp_path,
-    )
+def test_cli_trains_logs_checkpoints_and_resumes_with_ckpt_path_last(tmp_path, tiny_data_dir):
+    elsewhere = tmp_path / "some" / "where"  # any working directory: the log root is ./logs under it
+    elsewhere.mkdir(parents=True)
+    overrides = [*TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", "model=lenet_maxpool"]
+    result = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=2", cwd=elsewhere)
     assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = only_run_dir(log_dir)
+    run_dir = only_run_dir(elsewhere / "logs")
     assert run_dir.parent.name == "lenet_maxpool-fashion_mnist"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert METRIC_KEYS <= set(metrics) and metrics["epochs"] == 2 and metrics["params"] == 61_706
@@ -56,13 +50,14 @@ def test_cli_trains_logs_and_checkpoints(tmp_path, tiny_data_dir):
     assert "_target_: cnnlab.models.LeNet" in (run_dir / "train.log").read_text()
     assert result.stdout.startswith("cnnlab: lenet_maxpool-fashion_mnist on fashion_mnist, 61,706 parameters")
 
-
-def test_cli_runs_from_any_working_directory(tmp_path, tiny_data_dir):
-    elsewhere = tmp_path / "some" / "where"
-    elsewhere.mkdir(parents=True)
-    result = run_cli("cnnlab.train", *TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", cwd=elsewhere)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert only_run_dir(elsewhere / "logs").parent.name == "lenet-fashion_mnist"
+    resumed = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=3", "ckpt_path=last", cwd=elsewhere)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"ckpt_path=last: resuming {run_dir}, the newest of 1 runs of lenet_maxpool-fashion_mnist" in resumed.stdout
+    assert list(run_dir.parent.iterdir()) == [run_dir]  # no second, empty run dir
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+    log = (run_dir / "train.log").read_text()
+    assert log.count("metrics: ") == 2 and "resuming into" in log  # the resuming command's log, appended
+    assert len(list((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))) == 1
 
 
 def test_resume_from_last_checkpoint_continues_the_epochs(tiny_cfg, tmp_path):
@@ -90,18 +85,3 @@ def test_train_returns_learned_metrics(tiny_cfg):
     )
     # the tiny images encode the label in their brightness: a working pipeline learns it
     assert metrics["test_acc"] > 0.5, metrics
-
-
-def test_ckpt_path_last_resumes_the_newest_run_and_leaves_no_empty_run_dir(tmp_path, tiny_data_dir):
-    overrides = [*TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}"]
-    first = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=1", cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-3000:]
-    run_dir = only_run_dir(tmp_path / "logs")
-    resumed = run_cli("cnnlab.train", *overrides, "trainer.max_epochs=2", "ckpt_path=last", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"ckpt_path=last: resuming {run_dir}, the newest of 1 runs of lenet-fashion_mnist" in resumed.stdout
-    assert list((tmp_path / "logs" / "lenet-fashion_mnist").iterdir()) == [run_dir]  # no second, empty run dir
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
-    log = (run_dir / "train.log").read_text()
-    assert log.count("metrics: ") == 2 and "resuming into" in log  # the resuming command's log, appended
-    assert len(list((run_dir / ".hydra").glob("resumed-*/overrides.yaml"))) == 1

@@ -11,7 +11,6 @@ import inspect
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import ConfigCompositionException
 
+import forked_cli
 from cnnlab.config import CONF_DIR
 from cnnlab.errors import ConfigError, user_error
 from cnnlab.schemas import check_overrides
@@ -210,7 +210,7 @@ def test_an_unknown_choice_is_refused_listing_the_choices(group: str, tmp_path: 
 
 @pytest.fixture(scope="module")
 def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subprocess.CompletedProcess]:
-    """A few bad inputs through ``python -m cnnlab.train``, started together (each spends seconds importing)."""
+    """A few bad inputs through ``python -m cnnlab.train``, started together."""
     root = tmp_path_factory.mktemp("cli")
     data_dir = root / "data"
     write_idx_set(data_dir / RAW)
@@ -222,21 +222,16 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subproces
         "trainer-name": (common + ["trainer.max_epoch=5"], {}),
     }
     procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "cnnlab.train", *args],
-            cwd=root,
-            env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        name: forked_cli.start(
+            "cnnlab.train", args, str(root), {**os.environ, "OMP_NUM_THREADS": "1", **env}, *outputs(root, name)
         )
         for name, (args, env) in cases.items()
     }
     results = {}
     try:
         for name, proc in procs.items():
-            out, err = proc.communicate(timeout=240)
+            proc.wait(timeout=240)
+            out, err = (Path(path).read_text() for path in outputs(root, name))
             results[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     finally:
         for proc in procs.values():
@@ -244,6 +239,10 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subproces
                 proc.kill()
                 proc.wait()
     return results
+
+
+def outputs(root: Path, name: str) -> tuple[str, str]:
+    return str(root / f"{name}.out"), str(root / f"{name}.err")
 
 
 @pytest.mark.parametrize(
