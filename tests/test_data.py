@@ -166,3 +166,32 @@ def test_batch_order_follows_the_trainer_epoch_so_a_resume_replays_it(tiny_data_
     assert torch.equal(order[0], order[1])
     epoch["now"] = 4
     assert not torch.equal(torch.cat([y for _, y in first]), order[0])
+
+
+def _epoch_orders(cfg, epochs: int = 2) -> list[torch.Tensor]:
+    """The training labels in the order the data module of ``cfg`` serves them, for each epoch."""
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    dm.setup()
+    loader = dm.train_dataloader()
+    return [torch.cat([y for _, y in loader]) for _ in range(epochs)], dm
+
+
+def test_the_batch_order_follows_seed_and_the_split_stays_on_split_seed(tiny_cfg):
+    (one_a, one_b), dm_one = _epoch_orders(tiny_cfg("seed=1"))
+    (again_a, _), _ = _epoch_orders(tiny_cfg("seed=1"))
+    (two_a, two_b), dm_two = _epoch_orders(tiny_cfg("seed=2"))
+    assert torch.equal(one_a, again_a), "the same seed must give the same batch order"
+    assert not torch.equal(one_a, two_a), "seed=1 and seed=2 serve the batches in the same order"
+    # seed s at epoch 1 is not seed s+1 at epoch 0: the seeds' orders are not shifted copies of each other
+    assert not torch.equal(one_b, two_a)
+    assert torch.equal(dm_one.val_set[1], dm_two.val_set[1]), "every seed must validate on the same images"
+
+
+def test_an_unseeded_augmentation_leaves_the_global_generators_alone():
+    torch.manual_seed(42)
+    state = torch.get_rng_state()
+    a, b = (MNISTDataModule(augment=["flip"], augment_seed=None) for _ in range(2))
+    assert torch.equal(torch.get_rng_state(), state), "data.augment_seed=null reseeded torch's global generator"
+    assert a.augment.seed != b.augment.seed, "data.augment_seed=null must draw a different seed every run"

@@ -58,7 +58,7 @@ class BatchAugment:
     def __init__(
         self,
         ops: Sequence[str],
-        seed: int | None = None,
+        seed: int = 0,
         crop_padding: int = 2,
         erase_size: int = 8,
         erase_prob: float = 0.5,
@@ -75,7 +75,7 @@ class BatchAugment:
                 f"data.erase_prob={erase_prob} in [0, 1]."
             )
         self.ops = list(ops)
-        self.seed = int(torch.seed() % 2**31) if seed is None else int(seed)
+        self.seed = int(seed)
         self.crop_padding, self.erase_size, self.erase_prob = crop_padding, erase_size, erase_prob
 
     def __bool__(self) -> bool:

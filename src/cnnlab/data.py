@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import math
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -74,6 +75,11 @@ def check_idx(path: Path, how_to_fix: str) -> None:
         raise DataError(f"{path} is {size} bytes but its header promises {expected}: truncated. {how_to_fix}")
 
 
+def fresh_seed() -> int:
+    """A seed for a run left unseeded, from the operating system: torch's global generators stay untouched."""
+    return secrets.randbits(31)
+
+
 class TensorBatches:
     """Mini-batches drawn by index from tensors (on any device), reshuffled each epoch, sharded per rank."""
 
@@ -106,7 +112,8 @@ class TensorBatches:
             return torch.arange(self.rank, n, self.world_size)
         epoch = self.epoch_of() if self.epoch_of is not None else self.epoch
         self.epoch += 1
-        generator = torch.Generator().manual_seed(self.seed + epoch)
+        # (seed, epoch) hashed, not seed + epoch: seed s at epoch 1 would be seed s + 1 at epoch 0.
+        generator = torch.Generator().manual_seed(hash((self.seed, epoch)) % 2**63)
         order = torch.randperm(n, generator=generator)
         padded = order.repeat(math.ceil(self.per_rank * self.world_size / n))[: self.per_rank * self.world_size]
         return padded[self.rank :: self.world_size]
@@ -129,6 +136,7 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         val_size: int = 5000,
         split_seed: int = 42,
+        shuffle_seed: int | None = None,
         normalize: bool = False,
         download: bool = True,
         verify_md5: bool = True,
@@ -148,7 +156,8 @@ class MNISTDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.name={name!r} is not known; choose one of {sorted(DATASETS)}.")
         augment = [str(op) for op in augment]  # plain data in the checkpoint (weights_only loading)
         self.save_hyperparameters()
-        self.augment = BatchAugment(augment, augment_seed, crop_padding, erase_size, erase_prob)
+        seed = fresh_seed() if augment_seed is None else augment_seed  # null: a different draw every run
+        self.augment = BatchAugment(augment, seed, crop_padding, erase_size, erase_prob)
         self.dataset_cls = DATASETS[name]
         self.data_dir = Path(data_dir).expanduser()
         default_system = SYSTEM_COPIES.get(name)
@@ -158,6 +167,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.train_set: tuple[Tensor, Tensor] | None = None
         self.val_set: tuple[Tensor, Tensor] | None = None
         self.test_set: tuple[Tensor, Tensor] | None = None
+        self._drawn_shuffle_seed: int | None = None
 
     @property
     def raw_folder(self) -> Path:
@@ -305,11 +315,24 @@ class MNISTDataModule(pl.LightningDataModule):
             labels,
             batch_size,
             shuffle=train,
-            seed=self.hparams.split_seed,
+            seed=self.shuffle_seed() if train else 0,
             rank=rank,
             world_size=world,
             epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
         )
+
+    def shuffle_seed(self) -> int:
+        """The batch order's seed: ``data.shuffle_seed`` (``${seed}``), else one drawn for this run.
+
+        A drawn seed comes from the operating system, not torch's generators (the weights' seed stays as it is),
+        and rank 0's is shared so that every DDP rank shards the same order.
+        """
+        if self.hparams.shuffle_seed is not None:
+            return int(self.hparams.shuffle_seed)
+        if self._drawn_shuffle_seed is None:
+            drawn = fresh_seed()
+            self._drawn_shuffle_seed = self.trainer.strategy.broadcast(drawn) if self.trainer is not None else drawn
+        return self._drawn_shuffle_seed
 
     def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
         """Augment training batches (``data.augment``) on their device; other batches pass untouched."""
