@@ -14,6 +14,8 @@ from cnnlab.images import (
     ActivationImages,
     ConfusionMatrixFigure,
     KernelImages,
+    MisclassifiedImages,
+    ModelGraph,
     confusion_figure,
     kernel_grid,
     most_confident_mistakes,
@@ -65,11 +67,29 @@ def test_image_callbacks_follow_their_config(tmp_path):
     assert events.Tags()["graph"] is False
 
 
-def test_callbacks_do_nothing_without_a_tensorboard_logger():
-    trainer = SimpleNamespace(loggers=[], datamodule=None, global_step=0)
-    module = SimpleNamespace(net=torch.nn.Conv2d(1, 2, 3))
-    for callback in (ActivationImages(), KernelImages(), ConfusionMatrixFigure()):
-        callback.on_fit_end(trainer, module)  # no logger, no test set: returns quietly
+class CountingNet(torch.nn.Module):
+    """A network that counts the batches it is asked to classify."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.calls = torch.nn.Conv2d(1, 2, 3), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.conv1(x).flatten(1)[:, :2]
+
+
+@pytest.mark.parametrize(
+    "callback", [ActivationImages(), KernelImages(), ConfusionMatrixFigure(), MisclassifiedImages(), ModelGraph()]
+)
+def test_callbacks_do_nothing_without_a_tensorboard_logger(callback):
+    test_set = (torch.rand(8, 1, 5, 5), torch.randint(0, 2, (8,)))
+    datamodule = SimpleNamespace(test_set=test_set, classes=["a", "b"])
+    trainer = SimpleNamespace(loggers=[], datamodule=datamodule, global_step=0, global_rank=0)
+    net = CountingNet()
+    module = SimpleNamespace(net=net, device=torch.device("cpu"), __call__=net)
+    callback.on_fit_end(trainer, module)
+    assert net.calls == 0, f"{type(callback).__name__} ran the network with no TensorBoard logger to show it"
 
 
 def test_confusion_figure_names_classes_and_per_class_accuracy():

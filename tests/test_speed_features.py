@@ -40,20 +40,29 @@ def test_compiled_training_forward_computes_the_same_as_eager_for_any_batch_size
         torch.testing.assert_close(compiled.train_forward(x), eager.train_forward(x), rtol=1e-4, atol=1e-5)
 
 
-def test_batches_stay_on_the_device_of_the_data():
+def test_batches_cover_the_set_and_keep_each_image_with_its_label():
     images, labels = torch.rand(10, 1, 4, 4), torch.arange(10)
     batches = list(TensorBatches(images, labels, batch_size=4, shuffle=True, seed=1))
     assert [len(y) for _, y in batches] == [4, 4, 2]
     assert sorted(torch.cat([y for _, y in batches]).tolist()) == list(range(10))
-    assert all(x.device == images.device for x, _ in batches)
     for x, y in batches:  # each image still carries its own label
         assert torch.equal(x, images[y])
 
 
-def test_ranks_take_disjoint_shards_of_equal_length():
-    labels = torch.arange(11)
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on the CPU every tensor is on the CPU")
+def test_batches_stay_on_the_gpu_that_holds_the_data():
+    images, labels = torch.rand(10, 1, 4, 4, device="cuda"), torch.arange(10, device="cuda")
+    batches = list(TensorBatches(images, labels, batch_size=4, shuffle=True, seed=1))
+    assert all(x.device == images.device and y.device == images.device for x, y in batches)
+
+
+@pytest.mark.parametrize("n", [11, 12])
+def test_ranks_take_disjoint_shards_of_equal_length(n):
+    labels = torch.arange(n)
     shards = [torch.cat([y for _, y in TensorBatches(labels.float(), labels, 3, True, 0, r, 2)]) for r in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == 6  # padded to equal length so DDP ranks step together
-    assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(11))
+    assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(n))
+    shared = set(shards[0].tolist()) & set(shards[1].tolist())
+    assert len(shared) == 12 - n, f"the ranks share {sorted(shared)}: only the padding of an odd set may repeat"
     evals = [torch.cat([y for _, y in TensorBatches(labels.float(), labels, 3, False, 0, r, 2)]) for r in (0, 1)]
-    assert sorted(torch.cat(evals).tolist()) == list(range(11))  # evaluation covers every example exactly once
+    assert sorted(torch.cat(evals).tolist()) == list(range(n))  # evaluation covers every example exactly once
