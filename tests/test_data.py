@@ -144,10 +144,13 @@ def test_damaged_files_are_named(tiny_data_dir, damage, words):
     assert str(path) in str(info.value) and words in str(info.value)
 
 
-def test_class_count_must_cover_the_labels(tiny_data_dir):
-    dm = make_dm(tiny_data_dir, num_classes=5)
-    with pytest.raises(ConfigError, match="data.num_classes=5"):
-        dm.setup()
+def test_class_count_must_be_the_data_sets_and_cover_the_labels(tiny_data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="data.num_classes=5 does not match fashion_mnist, which has 10"):
+        make_dm(tiny_data_dir, num_classes=5)
+    custom = tmp_path / "custom"  # custom files (data.verify_md5=false) whose labels run past the class count
+    write_idx_set(custom / RAW_FOLDERS["fashion_mnist"] / "raw", num_classes=12)
+    with pytest.raises(ConfigError, match="labels run 0..11, but data.num_classes=10"):
+        make_dm(custom).setup()
 
 
 def test_validation_split_must_be_smaller_than_the_training_set(tiny_data_dir):

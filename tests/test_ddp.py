@@ -126,3 +126,27 @@ def test_ctrl_c_under_ddp_stops_every_rank_after_the_same_step_with_one_checkpoi
     (checkpoint,) = log_dir.glob("*/*/checkpoints/last*.ckpt")
     assert torch.load(checkpoint, weights_only=True)["global_step"] == int(stops[0][0])
     assert "Traceback" not in printed
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, tiny_data_dir):
+    """Rank 1 alone meets a NaN loss: both ranks stop at once, with the divergence message (no collective hang)."""
+    overrides = [*DDP_OVERRIDES, f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
+                 "+callbacks.nan_on_one_rank._target_=nan_on_one_rank.NanOnOneRank"]  # fmt: skip
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])  # for rank 1 to import
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+    out = tmp_path / "out.log"
+    proc = forked_cli.start("cnnlab.train", overrides, str(tmp_path), env, str(out), session=True)
+    try:
+        proc.wait(timeout=90)  # without the shared decision rank 0 waits in an all-reduce until gloo times out
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"the ranks did not stop together: {out.read_text()[-3000:]}")
+    printed = out.read_text()
+    assert proc.returncode == 2, printed[-3000:]
+    errors = [line for line in printed.splitlines() if line.startswith("cnnlab: error:")]
+    assert len(errors) == 2 and all("at step 2 (epoch 0): the run diverged" in e for e in errors), printed[-3000:]
+    assert any("the training loss became nan" in e for e in errors)  # rank 1's own
+    assert any("the training loss of another process" in e for e in errors)  # rank 0, told by rank 1

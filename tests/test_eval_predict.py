@@ -15,8 +15,9 @@ from PIL import Image
 
 from cnnlab.config import CONF_DIR
 from cnnlab.errors import ConfigError
-from cnnlab.eval import CheckpointError, data_config, load_classifier, read_checkpoint, record_eval
+from cnnlab.eval import CheckpointError, data_config, load_classifier, read_checkpoint
 from cnnlab.predict import ImageFileError, image_files, predict, to_model_input
+from cnnlab.rundir import add_eval
 from cnnlab.train import train
 from conftest import TINY_OVERRIDES, compose_config, run_cli, write_idx_set
 
@@ -76,20 +77,22 @@ def test_eval_data_config_comes_from_the_checkpoint_unless_overridden(trained):
     GlobalHydra.instance().clear()
 
 
-def test_record_eval_keeps_training_keys_and_fills_a_missing_test_acc(tmp_path):
+def test_add_eval_keeps_training_keys_and_fills_a_missing_test_acc(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps({"test_acc": 0.8, "params": 5}))
-    record_eval(tmp_path, "checkpoints/best.ckpt", {"test_acc": 0.9})
-    record_eval(tmp_path, "checkpoints/last.ckpt", {"test_acc": 0.7})
+    add_eval(tmp_path, "checkpoints/best.ckpt", {"test_acc": 0.9})
+    add_eval(tmp_path, "checkpoints/last.ckpt", {"test_acc": 0.7})
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics == {
+    assert {k: v for k, v in metrics.items() if v is not None and v != []} == {
         "test_acc": 0.8,
         "params": 5,
+        "status": "ok",
         "eval": {"checkpoints/best.ckpt": {"test_acc": 0.9}, "checkpoints/last.ckpt": {"test_acc": 0.7}},
     }
-    fresh = tmp_path / "interrupted"
+    fresh = tmp_path / "interrupted"  # a run killed before its record: evaluating it does not make it finished
     fresh.mkdir()
-    record_eval(fresh, "checkpoints/last.ckpt", {"test_acc": 0.6})
-    assert json.loads((fresh / "metrics.json").read_text())["test_acc"] == 0.6
+    add_eval(fresh, "checkpoints/last.ckpt", {"test_acc": 0.6})
+    record = json.loads((fresh / "metrics.json").read_text())
+    assert record["test_acc"] == 0.6 and record["status"] == "interrupted"
 
 
 @pytest.mark.parametrize(

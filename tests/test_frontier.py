@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -11,6 +13,7 @@ from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
 
 from cnnlab.augment import AUGMENTATIONS, BatchAugment
 from cnnlab.eval import load_classifier
+from cnnlab.images import predicted_probabilities
 from cnnlab.module import ClassifierModule
 from cnnlab.train import build, train
 
@@ -155,6 +158,9 @@ def test_tta_averages_the_predictions_of_the_image_and_its_mirror(tiny_cfg) -> N
         assert (plain - expected).abs().max() > 1e-4, "the mirror changes nothing here"  # float noise: ~1e-7
     tested = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
     assert tested == pytest.approx((expected.argmax(-1) == labels).float().mean().item())
+    # the confusion matrix and the misclassified images show these predictions too, not the plain network's
+    shown = predicted_probabilities(SimpleNamespace(global_step=trainer.global_step), module, images)
+    assert torch.allclose(shown, expected, atol=1e-6), "the TensorBoard figures ignore tta=true"
 
 
 def test_label_smoothing_is_the_training_loss(tiny_cfg) -> None:

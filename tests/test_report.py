@@ -12,7 +12,8 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from cnnlab.plot import read_curves
-from cnnlab.report import aggregate_seeds, load_runs, main, run_labels, write_report
+from cnnlab.report import main, write_report
+from cnnlab.runs import aggregate_seeds, load_runs, run_labels
 from conftest import run_cli
 
 
@@ -326,3 +327,17 @@ def test_a_tag_filter_that_keeps_no_run_is_one_clear_error(tagged_dir):
     assert result.stderr.startswith("cnnlab: error: no run under") and len(result.stderr.strip().splitlines()) == 1
     assert "smoke, nightly" in result.stderr and "the tags found there: ablation, frontier" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_a_metrics_json_that_is_not_json_is_named_and_the_other_runs_reported(tmp_path):
+    root = tmp_path / "sweep"
+    fake_run(root, "0_model=lenet", "lenet", "model=lenet", finished(0.78))
+    fake_run(root, "1_model=lenet_k3", "lenet_k3", "model=lenet_k3", finished(0.80))
+    (root / "1_model=lenet_k3" / "metrics.json").write_text('{"test_acc": 0.8')  # cut short by hand
+    result = run_cli("cnnlab.report", str(root), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    named = [line for line in result.stderr.splitlines() if "1_model=lenet_k3/metrics.json" in line]
+    assert len(named) == 1 and "not valid JSON" in named[0], result.stderr
+    rows = list(csv.DictReader(open(root / "report.csv")))
+    assert [(r["model"], r["status"]) for r in rows] == [("lenet", "ok"), ("lenet_k3", "unreadable")]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import forked_cli
-from cnnlab import resume
+from cnnlab import plan, resume, rundir
 from cnnlab.errors import ConfigError
 from conftest import TINY_OVERRIDES, run_cli
 from test_failures import EPOCHS, long_run_overrides
@@ -73,12 +73,24 @@ def test_a_killed_sweep_is_finished_by_one_command(tmp_path):
     overrides = sweep_overrides(tmp_path)
     sweep_dir = kill_sweep_mid_job(overrides, tmp_path)
     before = job_files(sweep_dir)
-    interrupted = [p.name for p in sweep_dir.iterdir() if resume.job_state(p) == "interrupted"]
+    interrupted = [p.name for p in sweep_dir.iterdir() if rundir.job_state(p) == "interrupted"]
     assert len(before) == 2 and interrupted
 
-    result = run_cli("cnnlab.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = result.stdout + result.stderr
+    # The same command twice at once: one drives the sweep dir, the other is refused before it runs anything.
+    env, command = {**os.environ, "PYTHONUNBUFFERED": "1"}, ["-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    outs = [tmp_path / f"resume{i}.log" for i in (1, 2)]
+    procs = [forked_cli.start("cnnlab.train", command, str(tmp_path), env, str(out)) for out in outs]
+    codes = [proc.wait(timeout=300) for proc in procs]
+    printed = [out.read_text() for out in outs]
+    assert sorted(codes) == [0, 2], printed
+    output, refused = (printed[0], printed[1]) if codes[0] == 0 else (printed[1], printed[0])
+    (error,) = [line for line in refused.splitlines() if line.startswith("cnnlab: error:")]
+    assert f"{sweep_dir} is being swept by process " in error and "wait for it to end" in error, refused
+    assert "Traceback" not in refused
+    for job in sweep_dir.iterdir():  # every job trained once: the processes that wrote its TensorBoard events
+        if job.is_dir() and job.name not in before:
+            writers = {p.name.split(".")[-2] for p in job.glob("events.out.tfevents.*")}  # ...<host>.<pid>.<n>
+            assert len(writers) == (2 if job.name in interrupted else 1), sorted(p.name for p in job.iterdir())
     assert job_files(sweep_dir) == {**before, **job_files(sweep_dir)}  # the finished jobs' files: byte-identical
     for name in before:
         assert f"job {name} finished before" in output
@@ -168,16 +180,18 @@ def test_resume_cli_refuses_a_folder_that_is_no_sweep(tmp_path):
 
 def test_job_states(tmp_path):
     job = tmp_path / "0_x"
-    assert resume.job_state(job) == "new"
+    assert rundir.job_state(job) == "new"
     (job / "checkpoints").mkdir(parents=True)
     (job / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    assert resume.job_state(job) == "interrupted"
+    assert rundir.job_state(job) == "interrupted"
     (job / "metrics.json").write_text('{"test_acc": 0.5')  # cut short by a kill
-    assert resume.job_state(job) == "interrupted"
+    assert rundir.job_state(job) == "interrupted"
     (job / "metrics.json").write_text(json.dumps({"status": "failed", "test_acc": None}))
-    assert resume.job_state(job) == "failed"
-    (job / "metrics.json").write_text(json.dumps({"test_acc": 0.5}))
-    assert resume.job_state(job) == "finished"
+    assert rundir.job_state(job) == "failed"
+    (job / "metrics.json").write_text(json.dumps({"status": "interrupted", "epochs": 1}))  # Ctrl-C, saved
+    assert rundir.job_state(job) == "interrupted"
+    (job / "metrics.json").write_text(json.dumps({"test_acc": 0.5}))  # a record from before status existed
+    assert rundir.job_state(job) == "finished"
 
 
 def test_a_failed_attempt_is_set_aside_not_resumed(tmp_path):
@@ -186,11 +200,11 @@ def test_a_failed_attempt_is_set_aside_not_resumed(tmp_path):
     (job / ".hydra").mkdir()
     for name in ("checkpoints/last.ckpt", "metrics.json", "events.out.tfevents.1", "train.log"):
         (job / name).write_text(name)
-    kept = resume.set_aside_failed_attempt(job)
+    kept = rundir.set_aside_failed_attempt(job)
     assert kept.name == "failed-attempt-1"
     assert sorted(p.name for p in job.iterdir()) == [".hydra", "failed-attempt-1", "train.log"]
     assert (kept / "checkpoints" / "last.ckpt").read_text() == "checkpoints/last.ckpt"
-    assert resume.job_state(job) == "new"
+    assert rundir.job_state(job) == "new"
 
 
 def test_ckpt_path_last_picks_the_newest_run_of_the_same_name(tmp_path):
@@ -200,10 +214,10 @@ def test_ckpt_path_last_picks_the_newest_run_of_the_same_name(tmp_path):
     for name in ("2026-01-01_10-00-00_000001", "2026-01-02_09-00-00_000001"):
         (runs / name / "checkpoints").mkdir()
         (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
-    picked = resume.newest_last_checkpoint(tmp_path, "lenet-fashion_mnist")  # the newest run has no checkpoint
+    picked = plan.newest_last_checkpoint(tmp_path, "lenet-fashion_mnist")  # the newest run has no checkpoint
     assert picked == runs / "2026-01-02_09-00-00_000001" / "checkpoints" / "last.ckpt"
     with pytest.raises(ConfigError, match="ckpt_path=last: no run of lenet_k3-fashion_mnist"):
-        resume.newest_last_checkpoint(tmp_path, "lenet_k3-fashion_mnist")
+        plan.newest_last_checkpoint(tmp_path, "lenet_k3-fashion_mnist")
 
 
 @pytest.mark.slow
@@ -217,7 +231,7 @@ def test_a_killed_optuna_search_continues_its_study(tmp_path):
     ]
     sweep_dir = kill_sweep_mid_job(overrides, tmp_path)
     before = job_files(sweep_dir)
-    (interrupted,) = [p.name for p in sweep_dir.iterdir() if resume.job_state(p) == "interrupted"]
+    (interrupted,) = [p.name for p in sweep_dir.iterdir() if rundir.job_state(p) == "interrupted"]
     assert interrupted.startswith("2_")
 
     result = run_cli("cnnlab.resume", str(sweep_dir), cwd=tmp_path)

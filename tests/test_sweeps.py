@@ -274,6 +274,8 @@ def test_a_failed_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path, tiny_
     assert [metrics[i].get("status", "ok") for i in range(3)] == ["ok", "failed", "ok"]
     assert "momentum" in metrics[1]["error"] and metrics[1]["test_acc"] is None
     assert metrics[0]["test_acc"] is not None and metrics[2]["test_acc"] is not None
+    # one process ran all three (the basic launcher): job 2's start-up counts from its own start, not the process's
+    assert 0 < metrics[2]["startup_s"] < metrics[0]["wall_s"], (metrics[0], metrics[2])
     failed_dir = next(sweep_dir.glob("1_*"))
     assert "Traceback" in (failed_dir / "train.log").read_text()
     report = (sweep_dir / "report.md").read_text()

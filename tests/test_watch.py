@@ -9,6 +9,7 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
+from cnnlab.rundir import RunRecord
 from cnnlab.watch import SweepProgress, job_label, progress_line, sweep_size, swept_keys
 
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -45,12 +46,12 @@ def test_an_optuna_search_counts_its_trials_and_shows_its_search_space(tmp_path)
 
 
 def test_a_progress_line_says_the_result_and_the_time_left():
-    line = progress_line(3, 11, "model=lenet_k3", {"test_acc": 0.8012, "wall_s": 82.4}, 240.0, 3)
+    line = progress_line(3, 11, "model=lenet_k3", RunRecord(test_acc=0.8012, wall_s=82.4), 240.0, 3)
     assert line == "[3/11] model=lenet_k3: test acc 0.801, 82 s (sweep 4 min, about 11 min left)"
-    failed = {"status": "failed", "error": "SGD: invalid momentum\nmore", "wall_s": 1.0, "test_acc": None}
+    failed = RunRecord(status="failed", error="SGD: invalid momentum\nmore", wall_s=1.0)
     expected = "[11/11] x=1: failed (SGD: invalid momentum), 1 s (sweep 30 s)"
     assert progress_line(11, 11, "x=1", failed, 30.0, 1) == expected
-    assert progress_line(2, None, "x=1", {"test_acc": 0.5}, 10.0, 0) == "[2] x=1: test acc 0.500 (sweep 10 s)"
+    assert progress_line(2, None, "x=1", RunRecord(test_acc=0.5), 10.0, 0) == "[2] x=1: test acc 0.500 (sweep 10 s)"
 
 
 def test_jobs_that_finished_before_a_resume_are_counted_and_reruns_printed(tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""``python -m cnnlab`` is ``python -m cnnlab.train``."""
+"""``python -m cnnlab`` is ``python -m cnnlab.train``: the same override check, the same run."""
 
-from cnnlab.train import main
+from cnnlab.train import cli
 
-main()
+cli()

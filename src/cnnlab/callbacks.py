@@ -14,25 +14,31 @@ class ExamplesPerSecond(Callback):
     """Training throughput as the seeds report it: examples divided by the time spent in training steps.
 
     Sums the time from each batch's start to its end (on a GPU, one sync at each epoch's last batch, none per
-    step), logs ``train/examples_per_sec`` per epoch, and keeps the run's totals and the start-up time (process
-    start to first step) for ``metrics.json``.
+    step), logs ``train/examples_per_sec`` per epoch, and keeps the run's totals and the start-up time (the job's
+    start, ``job_start``, to its first step) for ``metrics.json``. Under DDP both are the whole job's: the ranks'
+    rates are summed each epoch, and at the end all ranks' examples over the slowest rank's time.
     """
 
     def __init__(self) -> None:
         self.examples = 0
         self.seconds = 0.0
+        self.job_start: float | None = None  # set by cnnlab.train from the job's plan; else the process start
         self.startup_s: float | None = None
+        self._job_rate: float | None = None  # the whole job's, once training ended
         self._batch_start = 0.0
         self._epoch_examples = 0
         self._epoch_seconds = 0.0
 
     @property
     def examples_per_sec(self) -> float:
+        if self._job_rate is not None:
+            return self._job_rate
         return self.examples / self.seconds if self.seconds else 0.0
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if self.startup_s is None:
-            self.startup_s = time.time() - psutil.Process().create_time()
+            start = self.job_start if self.job_start is not None else psutil.Process().create_time()
+            self.startup_s = time.time() - start
         self._batch_start = time.perf_counter()
 
     def on_train_batch_end(
@@ -46,10 +52,18 @@ class ExamplesPerSecond(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._epoch_seconds:
             return
-        pl_module.log("train/examples_per_sec", self._epoch_examples / self._epoch_seconds, on_epoch=True)
+        rate = self._epoch_examples / self._epoch_seconds  # this rank's; summed over the ranks, the job's
+        pl_module.log("train/examples_per_sec", rate, on_epoch=True, sync_dist=True, reduce_fx="sum")
         self.examples += self._epoch_examples
         self.seconds += self._epoch_seconds
         self._epoch_examples, self._epoch_seconds = 0, 0.0
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:  # one all-reduce each, once per run
+            device = pl_module.device
+            examples = trainer.strategy.reduce(torch.tensor(float(self.examples), device=device), reduce_op="sum")
+            seconds = trainer.strategy.reduce(torch.tensor(self.seconds, device=device), reduce_op="max")
+            self._job_rate = float(examples) / float(seconds) if float(seconds) else 0.0
 
     def state_dict(self) -> dict:
         return {"examples": self.examples, "seconds": self.seconds}

@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback
+
+from cnnlab.rundir import RunRecord
 
 log = logging.getLogger("cnnlab")
 config_log = logging.getLogger("cnnlab.config")  # the run's log file only (conf/hydra/job_logging/cnnlab.yaml)
@@ -86,15 +87,15 @@ def print_header(cfg: DictConfig, module: pl.LightningModule, trainer: pl.Traine
     log.info("  run dir:   %s", shown_path(cfg.paths.output_dir))
 
 
-def print_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+def print_summary(cfg: DictConfig, record: RunRecord) -> None:
     """After testing: the accuracies, the time, where the run is and how to look at it."""
 
-    def acc(key: str) -> str:
-        return "n/a" if metrics.get(key) is None else f"{metrics[key]:.4f}"
+    def acc(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
 
     log.info(
         "cnnlab: done in %.1f s, %s: test acc %s, val acc %s, train loss %s",
-        metrics["wall_s"], epochs_text(metrics.get("epochs")), acc("test_acc"), acc("val_acc"), acc("train_loss"),
+        record.wall_s, epochs_text(record.epochs), acc(record.test_acc), acc(record.val_acc), acc(record.train_loss),
     )  # fmt: skip
     log.info("  run dir:     %s (metrics.json, checkpoints/)", shown_path(cfg.paths.output_dir))
     log.info("  tensorboard: tensorboard --logdir %s", shown_path(cfg.paths.log_dir))

@@ -154,6 +154,11 @@ class MNISTDataModule(pl.LightningDataModule):
         super().__init__()
         if name not in DATASETS:
             raise ConfigError(f"data.name={name!r} is not known; choose one of {sorted(DATASETS)}.")
+        if num_classes != len(DATASETS[name].classes):
+            raise ConfigError(
+                f"data.num_classes={num_classes} does not match {name}, which has {len(DATASETS[name].classes)} "
+                f"classes; set data.num_classes={len(DATASETS[name].classes)}."
+            )
         augment = [str(op) for op in augment]  # plain data in the checkpoint (weights_only loading)
         self.save_hyperparameters()
         seed = fresh_seed() if augment_seed is None else augment_seed  # null: a different draw every run

@@ -8,7 +8,6 @@ keeping the training keys.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from omegaconf import DictConfig
 from torch import nn
 
 from cnnlab.config import CONF_DIR, as_dict
-from cnnlab.errors import CnnlabError, ConfigError, exit_on_user_error
+from cnnlab.errors import ConfigError, exit_on_user_error
 from cnnlab.module import ClassifierModule
+from cnnlab.rundir import add_eval, run_dir_of
 
 log = logging.getLogger("cnnlab.eval")
 
@@ -84,12 +84,6 @@ def load_classifier(path: str | Path, tta: bool | None = None) -> tuple[Classifi
     return module.eval(), checkpoint
 
 
-def run_dir_of(ckpt_path: Path) -> Path:
-    """The run dir of a checkpoint: the folder that holds ``checkpoints/`` (else the checkpoint's own folder)."""
-    folder = ckpt_path.resolve().parent
-    return folder.parent if folder.name == "checkpoints" else folder
-
-
 def overridden_data_keys(overrides: list[str]) -> set[str] | None:
     """The ``data`` keys set on the command line; None when the whole group is chosen (``data=mnist``)."""
     keys: set[str] = set()
@@ -114,27 +108,6 @@ def data_config(cfg: DictConfig, checkpoint: dict[str, Any], overrides: list[str
     return {"_target_": composed["_target_"], **saved, **{k: composed[k] for k in keys if k in composed}}
 
 
-def record_eval(run_dir: Path, ckpt_key: str, result: dict[str, Any]) -> Path:
-    """Add ``result`` to the run's ``metrics.json`` under ``eval.<ckpt_key>``; training keys are kept, and
-    ``test_acc`` is set only where training did not (an interrupted run)."""
-    path = run_dir / "metrics.json"
-    metrics: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise CnnlabError(f"{path} is not valid JSON ({err.msg}); move it away and rerun.") from None
-    metrics.setdefault("test_acc", result["test_acc"])
-    metrics.setdefault("eval", {})[ckpt_key] = result
-    partial = path.with_suffix(".json.partial")
-    try:
-        partial.write_text(json.dumps(metrics, indent=2) + "\n")
-        partial.replace(path)  # readers never see half a file
-    except OSError as err:
-        raise CnnlabError(f"cannot write {path} ({err.strerror}); make the run dir writable.") from None
-    return path
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test ``cfg.ckpt_path`` on its test set; record and return the result."""
     module, checkpoint = load_classifier(cfg.ckpt_path, tta=cfg.get("tta"))
@@ -147,14 +120,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     result = {
         "test_acc": tested["test/acc"],
         "test_loss": tested["test/loss"],
-        "tta": bool(module.hparams.get("tta")),
+        "tta": bool(module.hparams.tta),
         "data": datamodule.hparams.name,
         "epoch": checkpoint.get("epoch"),
         "global_step": checkpoint.get("global_step"),
     }
     if trainer.is_global_zero:
         key = str(ckpt.relative_to(run_dir))
-        written = record_eval(run_dir, key, result)
+        written = add_eval(run_dir, key, result)
         acc, loss = result["test_acc"], result["test_loss"]
         log.info("%s: test_acc %.4f, test_loss %.4f (%s) -> %s", key, acc, loss, result["data"], written)
     return result

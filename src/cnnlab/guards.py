@@ -121,11 +121,21 @@ class DivergenceGuard(Callback):
             self._stop(trainer, "the weights became NaN or infinite", trainer.global_step)
 
     def check(self, trainer: pl.Trainer) -> None:
-        """Raise ``TrainingDiverged`` if a step so far had a non-finite loss (one host sync)."""
-        if self._first_bad_step is None or int(self._first_bad_step) < 0:
+        """Raise ``TrainingDiverged`` if a step so far had a non-finite loss (one host sync).
+
+        Under DDP the ranks decide together (every rank calls this after the same steps): a rank that stopped alone
+        would leave the others waiting in their next all-reduce.
+        """
+        if self._first_bad_step is None:
             return
-        step, loss = int(self._first_bad_step), float(self._first_bad_loss)
-        self._stop(trainer, f"the training loss became {loss}", step)
+        bad = int(self._first_bad_step) >= 0
+        what = f"the training loss became {float(self._first_bad_loss)}"
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(bad, all=False):
+            local = self._first_bad_step if bad else torch.full_like(self._first_bad_step, 2**62)
+            step = int(trainer.strategy.reduce(local, reduce_op="min"))  # the first bad step of any rank
+            self._stop(trainer, what if bad else "the training loss of another process became NaN or infinite", step)
+        if bad:
+            self._stop(trainer, what, int(self._first_bad_step))
 
     def _stop(self, trainer: pl.Trainer, what: str, step: int) -> None:
         self._first_bad_step = None  # report once, even if a save is attempted while the error unwinds

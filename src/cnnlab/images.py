@@ -72,13 +72,16 @@ def enlarge(image: Tensor, scale: int) -> Tensor:
 def class_probabilities(net: nn.Module, images: Tensor, batch_size: int = 1024) -> Tensor:
     """Class probabilities [N, num_classes] of ``net`` for ``images``, in batches, in eval mode, on CPU.
 
-    A compiled network runs eagerly here: a few batches of new shapes are not worth a recompilation.
+    A module with ``predict_proba`` (cnnlab's LightningModule) predicts as it tests, test-time augmentation
+    included, so the figures show the accuracy of ``metrics.json``. A compiled network runs eagerly here: a few
+    batches of new shapes are not worth a recompilation.
     """
     device = next(net.parameters()).device
+    predict = getattr(net, "predict_proba", None) or (lambda x: net(x).softmax(dim=-1))
     was_training = net.training
     net.eval()
     with torch.compiler.set_stance("force_eager"):
-        probs = torch.cat([net(batch.to(device)).softmax(dim=-1).cpu() for batch in images.split(batch_size)])
+        probs = torch.cat([predict(batch.to(device)).cpu() for batch in images.split(batch_size)])
     net.train(was_training)
     return probs
 

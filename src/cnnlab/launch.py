@@ -1,8 +1,8 @@
-"""Job setup for sweeps: torch threads per parallel job, one GPU per job, failed jobs recorded, DDP in a sweep.
+"""Job setup for sweeps: torch threads per parallel job, one GPU per job, DDP ranks inside a sweep job.
 
 Hydra's launchers start the jobs; this module makes each job a good neighbour. A parallel (joblib) job takes
-its share of the cores and a GPU of its own, a crashed job leaves a ``metrics.json`` that says so instead of
-ending the sweep, and a DDP job of a multirun has its other ranks start as single runs of that one job.
+its share of the cores and a GPU of its own, and a DDP job of a multirun has its other ranks start as single runs
+of that one job. (A crashed job's record: ``cnnlab.rundir.record_failure``.)
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import sys
-import traceback
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -24,18 +23,12 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from lightning_fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from cnnlab.errors import CnnlabError, ConfigError
-from cnnlab.files import write_json_atomically
-from cnnlab.report import round_floats
+from cnnlab.errors import ConfigError
+from cnnlab.report_table import round_floats
 
 log = logging.getLogger("cnnlab.launch")
-
-# The metrics.json keys of a finished run (cnnlab.train.final_metrics); a failed run has them all null.
-RUN_METRICS = ("test_acc", "val_acc", "train_acc", "train_loss", "examples_per_sec", "startup_s", "params", "epochs")
-
 
 def job_dirname(override_dirname: str, limit: int = 200) -> str:
     """A job folder name that says its overrides and fits the file system (255 bytes a name, no ``/``).
@@ -192,14 +185,3 @@ def relaunch_as_single_run(hydra_cfg: DictConfig, ckpt_path: str | None = None) 
         os.environ.update(saved_env)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-@rank_zero_only
-def record_failure(output_dir: str | Path, err: BaseException, wall_s: float) -> None:
-    """Write a crashed job's ``metrics.json`` (status failed, its error, null metrics); log it, with the traceback
-    unless it is a user mistake (a ``CnnlabError`` says all there is to say)."""
-    error = str(err) if isinstance(err, CnnlabError) else f"{type(err).__name__}: {err}"
-    trace = "" if isinstance(err, CnnlabError) else "\n" + "".join(traceback.format_exception(err))
-    log.error("job failed, the sweep goes on: %s%s", error, trace)
-    record = {**dict.fromkeys(RUN_METRICS), "wall_s": wall_s, "status": "failed", "error": error}
-    write_json_atomically(Path(output_dir) / "metrics.json", record)

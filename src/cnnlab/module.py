@@ -82,14 +82,14 @@ class ClassifierModule(pl.LightningModule):
     def predict_proba(self, x: Tensor) -> Tensor:
         """Class probabilities; with ``tta`` the mean of those for the images and their left-right mirrors."""
         probs = self(x).softmax(dim=-1)
-        if self.hparams.get("tta"):
+        if self.hparams.tta:
             probs = (probs + self(x.flip(-1)).softmax(dim=-1)) / 2
         return probs
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         logits = self.train_forward(x.contiguous(memory_format=self.memory_format))
-        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.get("label_smoothing", 0.0))
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         self.train_acc.update(logits, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -98,7 +98,7 @@ class ClassifierModule(pl.LightningModule):
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         x, y = batch
         metric = self.val_acc if stage == "val" else self.test_acc
-        if self.hparams.get("tta"):
+        if self.hparams.tta:
             probs = self.predict_proba(x)
             metric.update(probs, y)
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), y)
@@ -115,15 +115,12 @@ class ClassifierModule(pl.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def predict_step(self, batch: Tensor | tuple[Tensor, ...], batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, tuple | list) else batch
-        return self.predict_proba(x)
-
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
         sched_cfg = dict(self.hparams.scheduler or {})
         warmup_epochs = float(sched_cfg.pop("warmup_epochs", 0) or 0)
-        interval = sched_cfg.pop("interval", "step" if warmup_epochs and "_target_" not in sched_cfg else "epoch")
+        default_interval = "step" if warmup_epochs and "_target_" not in sched_cfg else "epoch"
+        interval = sched_cfg.pop("interval", None) or default_interval
         if not sched_cfg and not warmup_epochs:
             return optimizer
         epochs = max(1, int(self.trainer.max_epochs or 1))

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.files import atomic_file
-from cnnlab.report import aggregate_seeds, config_key, run_labels
 from cnnlab.report_table import error_line, fmt_mean_std
+from cnnlab.runs import aggregate_seeds, config_key, run_labels
 
 
 def read_curves(run_dir: Path) -> dict[str, list[float]]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cnnlab.rundir import RESULT_KEYS
+
 OVERRIDE_SEP = re.compile(r",(?=[\w.+~@/-]+=)")  # the commas of override_dirname that start a new key=value
-RUN_COLUMNS = [  # the runs table of report.md, in order (report.csv has every column, full precision)
-    *("model", "overrides", "tags", "params", "val_acc", "test_acc", "train_acc", "train_loss"),
-    *("examples_per_sec", "wall_s", "status", "seed", "error"),
-]
+# the runs table of report.md, in order (report.csv has every column, full precision)
+RUN_COLUMNS = ["model", "overrides", "tags", *(k for k in RESULT_KEYS if k not in ("startup_s", "epochs"))]
+RUN_COLUMNS += ["status", "seed", "error"]
 HEADERS = {
     "test_acc": "test acc",
     "val_acc": "val acc",

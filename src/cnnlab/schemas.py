@@ -1,10 +1,13 @@
-"""Config schemas (Hydra structured configs) made from the signatures they configure.
+"""Config schemas (Hydra structured configs) made from the signatures they configure, and the override check.
 
 ``trainer`` lists every argument of Lightning's ``Trainer`` (so ``trainer.limit_train_batches=20`` needs no ``+``),
-``model`` those of ``LeNet`` and ``data`` those of ``MNISTDataModule``: an unknown key or a value of the wrong type
-is refused when Hydra composes the config, before anything is built. A field keeps its type where OmegaConf can
-check it (int, float, bool, str, lists of them, optional ones); unions and objects are ``Any``. The YAML files
-under ``conf/`` extend these (``defaults: [/schema/trainer@_here_]``); the signatures stay the one source.
+``model`` those of ``LeNet``, ``data`` those of ``MNISTDataModule``, ``optimizer`` and ``scheduler`` those of their
+torch classes, and the top level the run settings of ``ClassifierModule`` (``init``, ``label_smoothing``, ...):
+an unknown key or a value of the wrong type is refused when Hydra composes the config, before anything is built.
+A field keeps its type where OmegaConf can check it (int, float, bool, str, lists of them, optional ones); the
+others are ``Any`` in OmegaConf's eyes, and ``check_overrides`` checks them against the signature's annotation
+(``model.kernel_sizes=[5,abc]``: an integer or a list of integers). The YAML files under ``conf/`` extend these
+(``defaults: [/schema/trainer@_here_]``); the signatures stay the one source of each default.
 """
 
 from __future__ import annotations
@@ -20,7 +23,30 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 
 SIMPLE_TYPES = (bool, int, float, str)
-SEQUENCES = (list, tuple, collections.abc.Sequence)
+SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
+# cnnlab's own scheduler settings, beside the torch scheduler's arguments (ClassifierModule.configure_optimizers)
+SCHEDULER_SETTINGS = [
+    ("interval", Optional[str], dataclasses.field(default=None, metadata={"annotation": Optional[str]})),  # noqa: UP045
+    ("warmup_epochs", float, dataclasses.field(default=0.0, metadata={"annotation": float})),
+]
+# Top-level settings that no class's signature holds: the seed, the tags, the EMA's decay (callbacks.ema).
+RUN_SETTINGS = [
+    ("seed", Optional[int], dataclasses.field(default=42, metadata={"annotation": Optional[int]})),  # noqa: UP045
+    ("tags", typing.List[str], dataclasses.field(default_factory=list, metadata={"annotation": list[str]})),  # noqa: UP006
+    ("ema", Optional[float], dataclasses.field(default=None, metadata={"annotation": Optional[float]})),  # noqa: UP045
+]
+SCHEMAS: dict[str, type] = {}  # ConfigStore name (schema/<name>) -> dataclass; filled by register()
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types of a union (``int | None`` -> [int, NoneType]); a plain type as itself."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return list(typing.get_args(annotation))
+    return [annotation]
+
+
+def _is_tensor(annotation: Any) -> bool:
+    return getattr(annotation, "__name__", "") == "Tensor"  # torch's ``float | Tensor``: a number from a config
 
 
 def checkable_type(annotation: Any) -> Any:
@@ -29,104 +55,196 @@ def checkable_type(annotation: Any) -> Any:
         return annotation
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        present = [a for a in args if a is not type(None)]
+        present = [a for a in args if a is not type(None) and not _is_tensor(a)]
         inner = checkable_type(present[0]) if len(present) == 1 else Any
-        return Any if inner is Any else Optional[inner]  # noqa: UP045 (OmegaConf reads typing.Optional)
-    if origin in SEQUENCES and len(args) in (1, 2) and args[0] in SIMPLE_TYPES:
+        if inner is Any or type(None) not in args:
+            return inner
+        return Optional[inner]  # noqa: UP045 (OmegaConf reads typing.Optional)
+    if origin in SEQUENCES and len(args) in (1, 2) and args[0] in SIMPLE_TYPES and origin is not tuple:
         return typing.List[args[0]]  # noqa: UP006 (OmegaConf reads typing.List)
     return Any
 
 
-def schema_of(target: Any, name: str, skip: tuple[str, ...] = ()) -> type:
-    """A dataclass with ``_target_`` and one field per argument of ``target.__init__``, with its default."""
+def schema_of(target: Any, name: str, skip: tuple[str, ...] = (), extra: list | None = None, with_target=True) -> type:
+    """A dataclass with ``_target_`` (unless ``with_target=False``) and one field per argument of ``target.__init__``,
+    with its default; each field's ``metadata["annotation"]`` keeps the signature's own annotation."""
     hints = typing.get_type_hints(target.__init__)
-    fields: list[tuple[str, Any, Any]] = [("_target_", str, f"{target.__module__}.{target.__qualname__}")]
+    fields: list[tuple[str, Any, Any]] = []
+    if with_target:
+        fields.append(("_target_", str, f"{target.__module__}.{target.__qualname__}"))
     for arg, param in inspect.signature(target.__init__).parameters.items():
         if arg == "self" or arg in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         default = None if param.default is inspect.Parameter.empty else param.default
-        kind = checkable_type(hints.get(arg, Any))
+        annotation = hints.get(arg, Any)
+        kind = checkable_type(annotation)
         if default is None and kind is not Any and typing.get_origin(kind) is not typing.Union:
             kind = Optional[kind]  # noqa: UP045
+        meta = {"annotation": annotation}
         if isinstance(default, tuple | list | dict):
-            fields.append((arg, kind, dataclasses.field(default_factory=lambda v=default: type(v)(v))))
+            fields.append((arg, kind, dataclasses.field(default_factory=lambda v=default: type(v)(v), metadata=meta)))
         else:
-            fields.append((arg, kind, dataclasses.field(default=default)))
-    return dataclasses.make_dataclass(name, fields)
+            fields.append((arg, kind, dataclasses.field(default=default, metadata=meta)))
+    return dataclasses.make_dataclass(name, fields + list(extra or []))
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore as ``schema/trainer``, ``schema/lenet`` and ``schema/mnist``."""
+    """Put the schemas in Hydra's ConfigStore as ``schema/<name>``."""
     import pytorch_lightning as pl
+    import torch
 
     from cnnlab.data import MNISTDataModule
     from cnnlab.models import LeNet
+    from cnnlab.module import ClassifierModule
 
+    schedulers = torch.optim.lr_scheduler
+    SCHEMAS.update(
+        # callbacks and logger are built from their own config groups and passed to the Trainer by cnnlab.train.build
+        trainer=schema_of(pl.Trainer, "TrainerSchema", ("callbacks", "logger")),
+        lenet=schema_of(LeNet, "LeNetSchema"),
+        mnist=schema_of(MNISTDataModule, "MNISTDataSchema"),
+        sgd=schema_of(torch.optim.SGD, "SGDSchema", ("params",)),
+        adam=schema_of(torch.optim.Adam, "AdamSchema", ("params",)),
+        adamw=schema_of(torch.optim.AdamW, "AdamWSchema", ("params",)),
+        cosine=schema_of(schedulers.CosineAnnealingLR, "CosineSchema", ("optimizer",), SCHEDULER_SETTINGS),
+        onecycle=schema_of(schedulers.OneCycleLR, "OneCycleSchema", ("optimizer",), SCHEDULER_SETTINGS),
+        no_scheduler=dataclasses.make_dataclass("NoSchedulerSchema", SCHEDULER_SETTINGS),
+        run=schema_of(ClassifierModule, "RunSchema", ("model", "optimizer", "scheduler"), RUN_SETTINGS, False),
+    )
     store = ConfigStore.instance()
-    # callbacks and logger are built from their own config groups and passed to the Trainer by cnnlab.train.build
-    store.store(group="schema", name="trainer", node=schema_of(pl.Trainer, "TrainerSchema", ("callbacks", "logger")))
-    store.store(group="schema", name="lenet", node=schema_of(LeNet, "LeNetSchema"))
-    store.store(group="schema", name="mnist", node=schema_of(MNISTDataModule, "MNISTDataSchema"))
+    for name, schema in SCHEMAS.items():
+        if name != "run":
+            store.store(group="schema", name=name, node=schema)
+    # The top level stays open (a sweep file may add keys, e.g. chapter6_lr): a typed root would close it to the
+    # groups merged after it. So the run settings go in as their defaults, plain; their types are checked from the
+    # same annotations (check_overrides on the command line, check_run_settings on the composed config).
+    store.store(group="schema", name="run", node=defaults_of(SCHEMAS["run"]))
 
 
-SCHEMA_OF_GROUP = {"trainer": "trainer", "model": "lenet", "data": "mnist"}
-TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+def defaults_of(schema: type) -> dict[str, Any]:
+    """A schema's defaults as a plain dict."""
+    fields = dataclasses.fields(schema)
+    return {f.name: f.default_factory() if callable(f.default_factory) else f.default for f in fields}
 
 
-def _wanted(kind: Any) -> tuple[Any, bool]:
-    """The plain type a field wants (int, List[int], ...) and whether null is allowed."""
-    if typing.get_origin(kind) is typing.Union:
-        return next(a for a in typing.get_args(kind) if a is not type(None)), True
-    return kind, False
+def check_run_settings(cfg: Any) -> None:
+    """The top-level run settings of a composed config have the types of their annotations (``ConfigError``)."""
+    for key, annotation in _annotations("run").items():
+        value = cfg.get(key)
+        value = list(value) if hasattr(value, "__iter__") and not isinstance(value, str | dict) else value
+        if not fits(value, annotation):
+            raise type_error(key, value, annotation)
 
 
-def _fits(value: Any, kind: Any) -> bool:
-    if kind is float:
+def type_error(key: str, value: Any, annotation: Any) -> Exception:
+    """``tags='ablation' must be a list of strings (e.g. tags=[ablation]).``"""
+    from cnnlab.errors import ConfigError
+
+    listed = words(annotation).startswith("a list") and not isinstance(value, list)  # a scalar given for a list
+    example = f" (e.g. {key}=[{value}])" if listed else ""
+    return ConfigError(f"{key}={value!r} must be {words(annotation)}{example}.")
+
+
+# The schemas a group's keys may belong to (its choices extend these): a key none of them has is refused.
+SCHEMAS_OF_GROUP = {
+    "trainer": ("trainer",),
+    "model": ("lenet",),
+    "data": ("mnist",),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "scheduler": ("cosine", "onecycle", "no_scheduler"),
+    "": ("run",),
+}
+WHAT = {"trainer": "a Lightning Trainer argument", "": "a top-level setting"}
+TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def fits(value: Any, annotation: Any) -> bool:
+    """Whether a config value fits a signature's annotation (numbers for ``float | Tensor``, lists for sequences)."""
+    if annotation is Any or _is_tensor(annotation):
+        return annotation is Any or (isinstance(value, int | float) and not isinstance(value, bool))
+    members = _members(annotation)
+    if len(members) > 1:
+        return any(fits(value, member) for member in members)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
+    if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if kind is bool:
+    if annotation is bool:
         return isinstance(value, bool)
-    if kind is str:
-        return not isinstance(value, list | dict)
-    if typing.get_origin(kind) is list:
-        (item,) = typing.get_args(kind)
-        return isinstance(value, list) and all(_fits(v, item) for v in value)
+    if annotation is str:
+        return isinstance(value, str | int | float) and not isinstance(value, bool)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return value in args
+    if origin in SEQUENCES:
+        if not isinstance(value, list):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args, strict=True))
+        return not args or all(fits(v, args[0]) for v in value)
     return True
 
 
+def words(annotation: Any) -> str:
+    """An annotation in words: ``an integer or a list of integers``."""
+    members = [m for m in _members(annotation) if not _is_tensor(m)]
+    if type(None) in members and len(members) > 1:
+        others = [m for m in members if m is not type(None)]
+        return f"{words(typing.Union[tuple(others)])} (or null)"
+    if len(members) > 1:
+        return " or ".join(words(m) for m in members)
+    (annotation,) = members
+    if annotation in TYPE_WORDS:
+        return TYPE_WORDS[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in SEQUENCES and args:
+        item = words(args[0])
+        return f"a list of {item.split(' ', 1)[-1]}s" if item.startswith(("a ", "an ")) else f"a list of {item}"
+    return "a value of another type"
+
+
+def _annotations(schema: str) -> dict[str, Any]:
+    """Each field's annotation from its signature; a field whose default is None takes null too."""
+    fields = dataclasses.fields(SCHEMAS[schema])
+    annotations = {f.name: f.metadata.get("annotation", f.type) for f in fields}
+    return {f.name: annotations[f.name] | None if f.default is None else annotations[f.name] for f in fields}
+
+
 def check_overrides(overrides: list[str]) -> None:
-    """Refuse, in one line, a ``trainer.*``/``model.*``/``data.*`` override whose key is not an argument of what it
-    configures (with the closest names) or whose value has the wrong type. Runs before Hydra composes."""
+    """Refuse, in one line, an override of a schema'd setting whose key is not an argument of what it configures
+    (with the closest names) or whose value has the wrong type. Runs before Hydra composes."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from cnnlab.errors import ConfigError
 
-    store = ConfigStore.instance()
     try:
         parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
     except Exception:  # Hydra reports a malformed override itself
         return
     for override in parsed:
-        group, _, field = override.key_or_group.partition(".")
-        if group not in SCHEMA_OF_GROUP or not field or "." in field or override.is_add() or override.is_delete():
+        key = override.key_or_group
+        group, _, field = key.partition(".") if "." in key else ("", "", key)
+        if group not in SCHEMAS_OF_GROUP or "." in field or "/" in key or override.is_add() or override.is_delete():
             continue
-        schema = store.load(f"schema/{SCHEMA_OF_GROUP[group]}.yaml").node
-        what = "a Lightning Trainer argument" if group == "trainer" else f"a {group} setting"
-        if field not in schema:
-            close = difflib.get_close_matches(field, [k for k in schema if k != "_target_"], n=3, cutoff=0.6)
-            names = ", ".join(f"{group}.{c}" for c in close)
-            hint = f"did you mean {names}?" if close else "python -m cnnlab.train --cfg job lists them all."
-            raise ConfigError(f"{group}.{field} is not {what}; {hint}")
-        node = schema._get_node(field)
-        kind, nullable = _wanted(node._metadata.ref_type)
-        nullable = nullable or node._is_optional()
+        known = [_annotations(name) for name in SCHEMAS_OF_GROUP[group]]
+        if not any(field in fields for fields in known):
+            if not group:
+                continue  # a top-level key of a config file (an experiment, a sweep): Hydra checks it
+            names = sorted({k for fields in known for k in fields if k != "_target_"})
+            close = difflib.get_close_matches(field, names, n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(f'{group}.{c}' for c in close)}?" if close else (
+                "python -m cnnlab.train --cfg job lists them all.")  # fmt: skip
+            what = WHAT.get(group) or f"{'an' if group[0] in 'aeiou' else 'a'} {group} setting"
+            raise ConfigError(f"{key} is not {what}; {hint}")
+        annotation = next(fields[field] for fields in known if field in fields)
         try:
             values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         except Exception:  # a range or interval (Optuna) sweep: its values are checked when jobs compose
             continue
         for value in values:
-            if (value is None and nullable) or kind is Any or _fits(value, kind):
-                continue
-            words = TYPE_WORDS.get(kind) or f"a list of {TYPE_WORDS[typing.get_args(kind)[0]].split(' ', 1)[-1]}s"
-            raise ConfigError(f"{group}.{field}={value!r} must be {words}{' (or null)' if nullable else ''}.")
+            if not fits(value, annotation):
+                raise type_error(key, value, annotation)

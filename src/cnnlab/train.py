@@ -10,7 +10,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -22,11 +21,11 @@ from cnnlab.callbacks import ExamplesPerSecond
 from cnnlab.config import CONF_DIR, as_dict
 from cnnlab.console import config_log, log_config, print_header, print_summary
 from cnnlab.errors import exit_on_user_error, user_error
-from cnnlab.files import write_json_atomically
 from cnnlab.guards import RunInterrupted, interruptions_reported
-from cnnlab.launch import is_multirun, record_failure, sweep_job
+from cnnlab.launch import is_multirun
 from cnnlab.module import ClassifierModule
-from cnnlab.resume import continue_job, resolve_resume
+from cnnlab.plan import JobPlan, plan_job, skipped, started
+from cnnlab.rundir import DirBusy, RunRecord, Status, record_failure, write_record
 from cnnlab.schemas import check_overrides
 from cnnlab.validate import validate_config
 
@@ -42,9 +41,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassifierModule, pl
         scheduler=as_dict(cfg.scheduler) or None,
         init=cfg.init,
         compile=cfg.compile,
-        channels_last=cfg.get("channels_last", True),
-        label_smoothing=cfg.get("label_smoothing", 0.0),
-        tta=cfg.get("tta", False),
+        channels_last=cfg.channels_last,
+        label_smoothing=cfg.label_smoothing,
+        tta=cfg.tta,
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks = [c for c in callbacks if c is not None]  # a switched-off callback (ema=null) builds None
@@ -57,24 +56,43 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassifierModule, pl
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """One run: fit, test, write ``metrics.json``; returns the metrics."""
-    start = time.time()
-    resolve_resume(cfg)  # ckpt_path=last; a resumed run writes into its checkpoint's run dir
+    """One job: plan it (``cnnlab.plan``), fit, test and write its record; returns the record as ``metrics.json``
+    has it. A sweep job that finished before is skipped and returns its earlier record."""
+    plan = plan_job(cfg)
+    if plan.action == "skip":
+        return skipped(plan).as_json()
+    with started(cfg, plan):
+        return fit_and_test(cfg, plan).as_json()
+
+
+def fit_and_test(cfg: DictConfig, plan: JobPlan) -> RunRecord:
+    """Validate, build, fit, test; the record goes into the run dir (process 0)."""
     validate_config(cfg)
     log_config(cfg)  # the run's log; the terminal only with extras.print_config=true
-    if cfg.get("seed") is not None:
+    if cfg.seed is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule, module, trainer = build(cfg)
+    speed = next((c for c in trainer.callbacks if isinstance(c, ExamplesPerSecond)), None)
+    if speed is not None:
+        speed.job_start = plan.startup_from
     print_header(cfg, module, trainer)
-    with interruptions_reported(trainer):  # a checkpoint holds tensors and plain data: weights_only loading
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-        fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+    tags = [str(tag) for tag in cfg.tags or []]
+    try:
+        with interruptions_reported(trainer):  # a checkpoint holds tensors and plain data: weights_only loading
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+            fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+            test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+    except RunInterrupted:
+        if trainer.is_global_zero:  # resumable: a re-run of its sweep resumes it from last.ckpt
+            stopped = RunRecord(status=Status.INTERRUPTED, epochs=trainer.current_epoch, tags=tags,
+                                wall_s=time.time() - plan.started_at)  # fmt: skip
+            write_record(cfg.paths.output_dir, stopped)
+        raise
 
-    metrics = final_metrics(trainer, module, fit_metrics, test_results, wall_s=time.time() - start)
-    metrics["tags"] = [str(tag) for tag in cfg.get("tags") or []]
+    record = final_record(trainer, module, fit_metrics, test_results, wall_s=time.time() - plan.started_at)
+    record.tags = tags
     if trainer.is_global_zero:
-        hp_metrics = {f"hp/{k}": metrics[k] for k in ("test_acc", "val_acc")}
+        hp_metrics = {f"hp/{k}": getattr(record, k) for k in ("test_acc", "val_acc")}
         for logger in trainer.loggers:  # the HPARAMS tab: the whole config with the run's final metrics
             if isinstance(logger, pl.loggers.TensorBoardLogger):
                 logger.log_hyperparams(run_hparams(cfg), hp_metrics)
@@ -82,32 +100,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 logger.log_hyperparams(run_hparams(cfg))
                 logger.log_metrics({k: v for k, v in hp_metrics.items() if v is not None}, step=trainer.global_step)
             logger.finalize("success")
-        write_json_atomically(Path(cfg.paths.output_dir) / "metrics.json", metrics)
-        config_log.info("metrics: %s", json.dumps(metrics))
-        print_summary(cfg, metrics)
-    return metrics
+        write_record(cfg.paths.output_dir, record)
+        config_log.info("metrics: %s", json.dumps(record.as_json()))
+        print_summary(cfg, record)
+    return record
 
 
-def final_metrics(
+def final_record(
     trainer: pl.Trainer,
     module: ClassifierModule,
     logged: dict[str, float],
     test_results: list[dict],
     wall_s: float,
-) -> dict[str, Any]:
-    """The run's summary, as written to ``metrics.json``."""
+) -> RunRecord:
+    """The run's record, as written to ``metrics.json``."""
     speed = next((c for c in trainer.callbacks if isinstance(c, ExamplesPerSecond)), None)
-    return {
-        "test_acc": test_results[0].get("test/acc") if test_results else None,
-        "val_acc": logged.get("val/acc"),
-        "train_acc": logged.get("train/acc"),
-        "train_loss": logged.get("train/loss_epoch"),
-        "examples_per_sec": speed.examples_per_sec if speed else None,
-        "startup_s": speed.startup_s if speed else None,
-        "params": sum(p.numel() for p in module.net.parameters()),
-        "epochs": trainer.current_epoch,
-        "wall_s": wall_s,
-    }
+    return RunRecord(
+        test_acc=test_results[0].get("test/acc") if test_results else None,
+        val_acc=logged.get("val/acc"),
+        train_acc=logged.get("train/acc"),
+        train_loss=logged.get("train/loss_epoch"),
+        examples_per_sec=speed.examples_per_sec if speed else None,
+        startup_s=speed.startup_s if speed else None,
+        params=sum(p.numel() for p in module.net.parameters()),
+        epochs=trainer.current_epoch,
+        wall_s=wall_s,
+    )
 
 
 def run_hparams(cfg: DictConfig) -> dict[str, Any]:
@@ -125,23 +143,28 @@ def main(cfg: DictConfig) -> float | None:
     start = time.time()
     with exit_on_user_error():  # a user mistake: one clear message, no traceback
         try:
-            finished = continue_job(cfg)  # a sweep re-run in its dir: skip finished jobs, resume interrupted ones
-            if finished is not None:
-                return finished.get("val_acc")
-            with sweep_job(cfg):
-                metrics = train(cfg)
+            return train(cfg)["val_acc"]
         except RunInterrupted as stop:  # Ctrl-C or SIGTERM: last.ckpt is saved; a sweep stops too
             print(f"cnnlab: {stop}", file=sys.stderr)
             raise SystemExit(stop.exit_code) from None
+        except DirBusy as busy:  # another process runs this job: its dir is left as it is
+            if not is_multirun():
+                raise
+            log.error("job not run: %s", busy)
+            return None
         except Exception as err:
             if not is_multirun():
                 raise
             record_failure(cfg.paths.output_dir, user_error(err) or err, wall_s=time.time() - start)
             return None
-    return metrics["val_acc"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m cnnlab.train`` and ``python -m cnnlab``: check the overrides, then compose and run."""
     with exit_on_user_error():  # trainer.max_epoch=5, data.batch_size=abc: one line before Hydra composes
         check_overrides(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.resume import job_state, read_metrics
+from cnnlab.rundir import METRICS, BadRecord, RunRecord, job_state, read_record
 
 POLL_S = 1.0
 
@@ -58,16 +58,16 @@ def minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def progress_line(done: int, total: int | None, label: str, metrics: dict[str, Any], elapsed: float,
+def progress_line(done: int, total: int | None, label: str, record: RunRecord, elapsed: float,
                   finished_here: int) -> str:  # fmt: skip
     """``[3/11] model=lenet_k3: test acc 0.801, 82 s (sweep 4 min, about 11 min left)``."""
-    if metrics.get("status", "ok") != "ok":
-        error = str(metrics.get("error") or "").strip()
-        result = f"failed ({error.splitlines()[0][:100]})" if error else "failed"
+    if record.status != "ok":
+        error = str(record.error or "").strip()
+        result = f"{record.status} ({error.splitlines()[0][:100]})" if error else record.status
     else:
-        test_acc = metrics.get("test_acc")
+        test_acc = record.test_acc
         result = f"test acc {test_acc:.3f}" if isinstance(test_acc, float) else "finished"
-    wall = metrics.get("wall_s")
+    wall = record.wall_s
     result += f", {wall:.0f} s" if isinstance(wall, float | int) else ""
     sweep = f"sweep {minutes(elapsed)}"
     if total is not None and done < total and finished_here:
@@ -86,7 +86,7 @@ class SweepProgress(Callback):
         self.keys = swept_keys(config)
         # Finished before a resume: counted. A failed job's old metrics.json is not this sweep's result: it is
         # older than the sweep, and the job's rerun writes a new one.
-        self.seen = {p.parent for p in self.sweep_dir.glob("*/metrics.json") if job_state(p.parent) == "finished"}
+        self.seen = {p.parent for p in self.sweep_dir.glob(f"*/{METRICS}") if job_state(p.parent) == "finished"}
         self.before = len(self.seen)
         self.start, self.started_at = time.monotonic(), time.time()
         self.stop = threading.Event()
@@ -107,7 +107,7 @@ class SweepProgress(Callback):
 
     def _report_new(self) -> None:
         new = []
-        for metrics_file in self.sweep_dir.glob("*/metrics.json"):
+        for metrics_file in self.sweep_dir.glob(f"*/{METRICS}"):
             try:  # a failed job's rerun may move its old file away meanwhile
                 written = metrics_file.stat().st_mtime
             except OSError:
@@ -115,10 +115,13 @@ class SweepProgress(Callback):
             if metrics_file.parent not in self.seen and written >= self.started_at - 1:  # coarse file clocks
                 new.append((written, metrics_file.parent))
         for _, job_dir in sorted(new):
-            metrics = read_metrics(job_dir)
-            if metrics is None:
+            try:
+                record = read_record(job_dir)
+            except BadRecord:
+                record = None  # another process's file, cut short by hand: its job is reported when rewritten
+            if record is None:
                 continue
             self.seen.add(job_dir)
-            line = progress_line(len(self.seen), self.total, job_label(job_dir, self.keys), metrics,
+            line = progress_line(len(self.seen), self.total, job_label(job_dir, self.keys), record,
                                  time.monotonic() - self.start, len(self.seen) - self.before)  # fmt: skip
             print(line, flush=True)

@@ -1,5 +1,6 @@
-"""Models: the LeNet family as plain ``nn.Module``s (no Lightning, no Hydra)."""
+"""Models: the LeNet family as plain ``nn.Module``s (no Lightning, no Hydra), and the layer walk."""
 
-from cnnlab.models.lenet import ACTIVATIONS, POOLINGS, LayerShape, LeNet, plan_shapes
+from cnnlab.models.lenet import ACTIVATIONS, POOLINGS, LeNet, plan_layers
+from cnnlab.models.walk import LayerRow, layer_rows
 
-__all__ = ["ACTIVATIONS", "POOLINGS", "LayerShape", "LeNet", "plan_shapes"]
+__all__ = ["ACTIVATIONS", "POOLINGS", "LayerRow", "LeNet", "layer_rows", "plan_layers"]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from cnnlab.errors import ModelSpecError
+from cnnlab.models.walk import LayerRow, layer_rows
+from cnnlab.ops import conv_output_shape
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -41,35 +41,37 @@ def _per_block(value: int | Sequence[int], n_blocks: int, field: str) -> list[in
     return values
 
 
-def _out_size(size: int, kernel: int, padding: int, stride: int) -> int:
-    """The chapter's formula: floor((n - k + 2p + s) / s)."""
-    return (size - kernel + 2 * padding + stride) // stride
-
-
-@dataclass(frozen=True)
-class LayerShape:
-    """One layer of the walk: its name, type and the output shape for one example."""
-
-    name: str
-    kind: str
-    shape: tuple[int, ...]
-
-
-def plan_shapes(
-    conv_channels: Sequence[int],
-    kernel_sizes: int | Sequence[int],
-    paddings: int | Sequence[int],
-    strides: int | Sequence[int],
-    pool: str,
-    pool_size: int,
-    pool_stride: int | None,
-    in_channels: int,
-    image_size: int,
+def plan_layers(
+    conv_channels: Sequence[int] = (6, 16),
+    kernel_sizes: int | Sequence[int] = 5,
+    paddings: int | Sequence[int] = (2, 0),
+    strides: int | Sequence[int] = 1,
+    activation: str = "sigmoid",
+    pool: str = "avg",
+    pool_size: int = 2,
+    pool_stride: int | None = 2,
+    fc_sizes: Sequence[int] = (120, 84),
+    dropout: float = 0.0,
+    in_channels: int = 1,
+    image_size: int = 28,
+    num_classes: int = 10,
+    **_: object,
 ) -> list[tuple[int, int]]:
-    """(channels, side) after every conv block, checked analytically before anything is built.
+    """(channels, side) after every conv block of a LeNet spec (``LeNet``'s arguments, any others ignored), every
+    rule of the spec checked before anything is built: ``cnnlab.validate`` and ``LeNet`` itself call this, and
+    nothing else checks a spec.
 
-    Raises ``ModelSpecError`` naming the layer and the sizes when a kernel or pooling window does not fit.
+    Raises ``ModelSpecError`` naming the setting, the layer and the sizes.
     """
+    if activation not in ACTIVATIONS:
+        raise ModelSpecError(f"model.activation={activation!r} is not known; choose one of {sorted(ACTIVATIONS)}.")
+    if not 0.0 <= dropout < 1.0:
+        raise ModelSpecError(f"model.dropout={dropout} must be in [0, 1).")
+    if num_classes < 2 or in_channels < 1 or image_size < 1 or any(h < 1 for h in fc_sizes):
+        raise ModelSpecError(
+            f"model.num_classes={num_classes} must be >= 2, in_channels={in_channels} and "
+            f"image_size={image_size} >= 1, and every model.fc_sizes entry ({list(fc_sizes)}) >= 1."
+        )
     n_blocks = len(conv_channels)
     kernels = _per_block(kernel_sizes, n_blocks, "kernel_sizes")
     pads = _per_block(paddings, n_blocks, "paddings")
@@ -88,14 +90,14 @@ def plan_shapes(
                 f"conv{i}: kernel {k}x{k} is larger than its input {side}x{side} (padding {p}); "
                 f"use a smaller model.kernel_sizes, more model.paddings, or fewer conv blocks."
             )
-        side = _out_size(side, k, p, s)
+        side = conv_output_shape(side, k, p, s)[0]
         if POOLINGS[pool] is not None:
             if pool_size > side:
                 raise ModelSpecError(
                     f"pool{i}: pooling window {pool_size}x{pool_size} is larger than its input "
                     f"{side}x{side}; use a smaller model.pool_size, model.pool=none, or fewer conv blocks."
                 )
-            side = _out_size(side, pool_size, 0, pool_stride)
+            side = conv_output_shape(side, pool_size, 0, pool_stride)[0]
         shapes.append((channels, side))
     return shapes
 
@@ -124,27 +126,11 @@ class LeNet(nn.Sequential):
         image_size: int = 28,
         num_classes: int = 10,
     ) -> None:
-        if activation not in ACTIVATIONS:
-            raise ModelSpecError(f"model.activation={activation!r} is not known; choose one of {sorted(ACTIVATIONS)}.")
-        if not 0.0 <= dropout < 1.0:
-            raise ModelSpecError(f"model.dropout={dropout} must be in [0, 1).")
-        if num_classes < 2 or in_channels < 1 or image_size < 1 or any(h < 1 for h in fc_sizes):
-            raise ModelSpecError(
-                f"model.num_classes={num_classes} must be >= 2, in_channels={in_channels} and "
-                f"image_size={image_size} >= 1, and every model.fc_sizes entry ({list(fc_sizes)}) >= 1."
-            )
         conv_channels = [int(c) for c in conv_channels]
-        shapes = plan_shapes(
-            conv_channels,
-            kernel_sizes,
-            paddings,
-            strides,
-            pool,
-            pool_size,
-            pool_stride,
-            in_channels,
-            image_size,
-        )
+        shapes = plan_layers(
+            conv_channels, kernel_sizes, paddings, strides, activation, pool, pool_size, pool_stride, fc_sizes,
+            dropout, in_channels, image_size, num_classes,
+        )  # fmt: skip
         n_blocks = len(conv_channels)
         kernels = _per_block(kernel_sizes, n_blocks, "kernel_sizes")
         pads = _per_block(paddings, n_blocks, "paddings")
@@ -177,14 +163,7 @@ class LeNet(nn.Sequential):
         super().__init__(layers)
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
 
-    def walk(self, x: Tensor | None = None) -> list[LayerShape]:
-        """The seeds' layer-by-layer walk: each layer's name, type and output shape for one example."""
-        x = torch.rand(1, self.in_channels, self.image_size, self.image_size) if x is None else x
-        walk, was_training = [], self.training
-        self.eval()  # batch norm cannot normalise a single training example
-        with torch.no_grad():
-            for name, layer in self.named_children():
-                x = layer(x)
-                walk.append(LayerShape(name, type(layer).__name__, tuple(x.shape)))
-        self.train(was_training)
-        return walk
+    def walk(self) -> list[LayerRow]:
+        """The seeds' layer-by-layer walk for one example: each layer's name, type, output shape, parameters and
+        multiply-adds (``cnnlab.models.walk``, as ``python -m cnnlab.inspect`` prints it)."""
+        return layer_rows(self, (self.in_channels, self.image_size, self.image_size))
