@@ -219,12 +219,18 @@ def cli_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subproces
     data_dir = root / "data"
     write_idx_set(data_dir / RAW)
     common = [*TINY_OVERRIDES, f"paths.data_dir={data_dir}", f"paths.log_dir={root / 'logs'}"]
+    on_a_gpu = [o for o in common if not o.startswith("trainer")] + ["trainer=gpu"]
     cases = {  # a data error raised deep inside Lightning's fit, Hydra's own error, and the debug flag
         "data": (common + ["data.verify_md5=true"], {}),
         "unknown-model": (common + ["model=no_such_model"], {}),
         "debug": (common + ["optimizer.lr=0"], {"CNNLAB_DEBUG": "1"}),
         "trainer-name": (common + ["trainer.max_epoch=5"], {}),
+        "log-root-under-a-file": (common + [f"paths.log_dir={root / 'a-file' / 'logs'}"], {}),
+        "sweep-log-root-under-a-file": (["-m", "seed=1,2", *common, f"paths.log_dir={root / 'a-file' / 'logs'}"], {}),
+        "kernel-list-with-a-word": (common + ["model.kernel_sizes=[5,five]"], {}),
+        **({} if torch.cuda.is_available() else {"gpu-trainer-without-a-gpu": (on_a_gpu, {})}),
     }
+    (root / "a-file").write_text("not a folder")
     procs = {
         name: forked_cli.start(
             "cnnlab.train", args, str(root), {**os.environ, "OMP_NUM_THREADS": "1", **env}, *outputs(root, name)
@@ -270,6 +276,25 @@ def test_cli_exits_non_zero_with_the_message_and_no_traceback(cli_results, case:
         assert result.returncode == 2
         message = result.stderr[result.stderr.index("cnnlab: error: ") :].strip()
         assert "train-images-idx3-ubyte has the wrong md5" in message and len(message.splitlines()) <= 3
+
+
+@pytest.mark.parametrize(
+    ("case", "says"),
+    [
+        ("log-root-under-a-file", "a-file is a file); point paths.log_dir at a writable folder."),
+        ("sweep-log-root-under-a-file", "a-file is a file); point paths.log_dir at a writable folder."),
+        ("kernel-list-with-a-word", "model.kernel_sizes=[5, 'five'] must be an integer or a list of integers."),
+        ("gpu-trainer-without-a-gpu", "trainer.accelerator=gpu needs a CUDA GPU, and this machine has none"),
+    ],
+)
+def test_a_user_mistake_is_one_line_naming_the_setting(cli_results, case: str, says: str) -> None:
+    if case not in cli_results:
+        pytest.skip("this machine has a GPU: trainer=gpu works here")
+    result = cli_results[case]
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("cnnlab: error: ")]
+    assert len(errors) == 1 and says in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr and "Error in call to target" not in result.stderr
 
 
 def test_cnnlab_debug_shows_the_traceback(cli_results) -> None:

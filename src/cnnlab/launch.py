@@ -7,57 +7,23 @@ of that one job. (A crashed job's record: ``cnnlab.rundir.record_failure``.)
 
 from __future__ import annotations
 
-import copy
 import fcntl
-import hashlib
 import logging
 import os
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 from cnnlab.errors import ConfigError
-from cnnlab.report_table import round_floats
 
 log = logging.getLogger("cnnlab.launch")
-
-def job_dirname(override_dirname: str, limit: int = 200) -> str:
-    """A job folder name that says its overrides and fits the file system (255 bytes a name, no ``/``).
-
-    Long floats are rounded (``lr=0.0386``); when still too long, keys lose their group (``activation=gelu``);
-    when still too long, the name is cut and ends in a hash of the whole, so names stay unique.
-    """
-    name = round_floats(override_dirname).replace("/", "_")
-    if len(name) > limit:
-        name = re.sub(r"(^|,)[\w.]+\.(\w+=)", r"\1\2", name)
-    if len(name) > limit:
-        name = name[: limit - 9] + "-" + hashlib.md5(override_dirname.encode()).hexdigest()[:8]
-    return name
-
-
-# hydra.sweep.subdir in conf/hydra/default.yaml names each job's folder with it.
-OmegaConf.register_new_resolver("cnnlab.job_dirname", job_dirname, replace=True)
-
-
-class HydraConfigForSweeps(Callback):
-    """Hydra callback: make ``${hydra:...}`` resolvable while a sweep starts, as it is in a single run.
-
-    Hydra resolves ``hydra.sweep.dir`` before any job has set ``HydraConfig``; ours goes through
-    ``paths.log_dir`` to ``${hydra:runtime.cwd}``, so without this ``-m`` works only with ``paths.log_dir=...``.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        HydraConfig.instance().set_config(copy.deepcopy(config))  # a copy: set_config makes its hydra node read-only
-
 
 def is_multirun() -> bool:
     """True inside a job of ``-m`` (a sweep), False in a single run or outside Hydra."""

@@ -192,7 +192,7 @@ def words(annotation: Any) -> str:
     members = [m for m in _members(annotation) if not _is_tensor(m)]
     if type(None) in members and len(members) > 1:
         others = [m for m in members if m is not type(None)]
-        return f"{words(typing.Union[tuple(others)])} (or null)"
+        return f"{words(typing.Union[tuple(others)])} (or null)"  # noqa: UP007 (a union built at run time)
     if len(members) > 1:
         return " or ".join(words(m) for m in members)
     (annotation,) = members

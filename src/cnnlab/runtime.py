@@ -1,0 +1,68 @@
+"""What Hydra does before a job, made to answer clearly: job dir names that fit, ``${hydra:...}`` in a sweep's dir,
+and output dirs that can be made (Hydra's own ``mkdir`` would end in a traceback). Light: no torch.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from cnnlab.report_table import round_floats
+
+
+def job_dirname(override_dirname: str, limit: int = 200) -> str:
+    """A job folder name that says its overrides and fits the file system (255 bytes a name, no ``/``).
+
+    Long floats are rounded (``lr=0.0386``); when still too long, keys lose their group (``activation=gelu``);
+    when still too long, the name is cut and ends in a hash of the whole, so names stay unique.
+    """
+    name = round_floats(override_dirname).replace("/", "_")
+    if len(name) > limit:
+        name = re.sub(r"(^|,)[\w.]+\.(\w+=)", r"\1\2", name)
+    if len(name) > limit:
+        name = name[: limit - 9] + "-" + hashlib.md5(override_dirname.encode()).hexdigest()[:8]
+    return name
+
+
+# hydra.sweep.subdir in conf/hydra/default.yaml names each job's folder with it.
+OmegaConf.register_new_resolver("cnnlab.job_dirname", job_dirname, replace=True)
+
+
+class OutputDirs(Callback):
+    """Hydra callback: before a run or a sweep, make its dir (``hydra.run.dir`` or ``hydra.sweep.dir``) or say in
+    one line why it cannot be made, exit status 2; and make ``${hydra:...}`` resolvable while a sweep starts, as it
+    is in a single run.
+
+    Hydra resolves ``hydra.sweep.dir`` before any job has set ``HydraConfig``; ours goes through
+    ``paths.log_dir`` to ``${hydra:runtime.cwd}``, so without this ``-m`` works only with ``paths.log_dir=...``.
+    Resolving the dir here gives the one Hydra uses: its ``now`` resolver caches its value in the config.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        make_output_dir(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        make_output_dir(config, "sweep")
+
+
+def make_output_dir(config: DictConfig, mode: str) -> None:
+    """Make ``hydra.<mode>.dir``; a dir that cannot be made is one ``cnnlab: error:`` line naming the setting."""
+    HydraConfig.instance().set_config(copy.deepcopy(config))  # a copy: set_config makes its hydra node read-only
+    folder = Path(str(OmegaConf.select(config, f"hydra.{mode}.dir")))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in folder.parents if p.exists()), None)
+        why = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else err.strerror
+        log_dir = OmegaConf.select(config, "paths.log_dir", throw_on_resolution_failure=False)
+        print(f"cnnlab: error: paths.log_dir={log_dir}: cannot create {folder} ({why}); point paths.log_dir at a "
+              f"writable folder.", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2) from None
