@@ -12,8 +12,9 @@ import pytest
 import torch
 from torchvision.datasets import FashionMNIST
 
-from cnnlab.data import IDX_FILES, MNISTDataModule, TensorBatches
+from cnnlab.data import MNISTDataModule, TensorBatches
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.idx import IDX_FILES
 from conftest import RAW_FOLDERS, TINY_TEST, TINY_TRAIN, write_idx_set
 
 
@@ -75,11 +76,11 @@ def test_imports_the_debian_copy_and_checks_its_content_md5(tmp_path, monkeypatc
     system = write_idx_set(tmp_path / "system", compress=True)
     plain = write_idx_set(tmp_path / "plain")
     md5 = {name: hashlib.md5((plain / name).read_bytes()).hexdigest() for name in IDX_FILES}
-    monkeypatch.setitem(__import__("cnnlab.data").data.CONTENT_MD5, "fashion_mnist", md5)
+    monkeypatch.setitem(__import__("cnnlab.idx").idx.CONTENT_MD5, "fashion_mnist", md5)
     dm = make_dm(tmp_path / "data", system_dir=str(system), verify_md5=True)
     dm.prepare_data()
     for name in IDX_FILES:
-        assert (dm.raw_folder / name).read_bytes() == (plain / name).read_bytes()
+        assert (dm.files.raw_folder / name).read_bytes() == (plain / name).read_bytes()
     dm.setup()
     assert len(dm.test_set[1]) == TINY_TEST
 
@@ -96,7 +97,7 @@ def test_nothing_found_names_the_three_ways_to_get_the_data(tmp_path):
     with pytest.raises(DataError) as info:
         dm.prepare_data()
     message = str(info.value)
-    assert str(dm.raw_folder) in message and "apt-get install -y dataset-fashion-mnist" in message
+    assert str(dm.files.raw_folder) in message and "apt-get install -y dataset-fashion-mnist" in message
     assert "data.download=true" in message
 
 

@@ -308,3 +308,13 @@ def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_data_dir):
     assert all((m.get("status") == "failed") == kernels[i] for i, m in metrics.items())
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_params"]["model.kernel_sizes"] == 5
+
+
+def test_a_jobs_per_gpu_below_one_is_refused_before_any_job(tmp_path, tiny_data_dir):
+    result = run_cli("cnnlab.train", "-m", "seed=1,2", "hydra/launcher=joblib", "hydra.launcher.jobs_per_gpu=0",
+                     *TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().endswith("cnnlab: error: hydra.launcher.jobs_per_gpu=0 must be an integer >= 1 "
+                                          "(the jobs that share one GPU; 1: a GPU per job).")  # fmt: skip
+    assert not list((tmp_path / "logs").rglob("metrics.json"))

@@ -13,6 +13,7 @@ launchers, made to survive: an Optuna study that continues, GPUs shared by jobli
 
 import functools
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,10 +113,24 @@ class SlurmLauncher(HydraSlurmLauncher):
 
 
 class JoblibLauncher(HydraJoblibLauncher):
-    """Hydra's joblib launcher; ``jobs_per_gpu`` is for the jobs (``cnnlab.launch.pin_gpu``), not for joblib."""
+    """Hydra's joblib launcher with ``jobs_per_gpu``: how many of its parallel jobs share one GPU.
+
+    The launcher checks it before any job starts (joblib itself has no use for it); each job reads it from its Hydra
+    config and takes a free slot of a GPU (``cnnlab.launch.pin_gpu``).
+    """
 
     def __init__(self, jobs_per_gpu: int = 1, **joblib_kwargs: Any) -> None:
+        if not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
+            print(f"cnnlab: error: hydra.launcher.jobs_per_gpu={jobs_per_gpu!r} must be an integer >= 1 (the jobs "
+                  f"that share one GPU; 1: a GPU per job).", file=sys.stderr)  # fmt: skip
+            raise SystemExit(2)
+        self.jobs_per_gpu = jobs_per_gpu
         super().__init__(**joblib_kwargs)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        if self.jobs_per_gpu > 1:
+            log.info("joblib: %d jobs share each GPU", self.jobs_per_gpu)
+        return super().launch(job_overrides, initial_job_idx)
 
 
 @dataclass
