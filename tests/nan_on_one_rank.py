@@ -14,4 +14,4 @@ class NanOnOneRank(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
-            batch[0].fill_(float("nan"))  # the batch is a gathered copy: the data set is untouched
+            batch[0].fill_(float("nan"))  # a gathered copy (the data set is untouched); its step counts as step + 1

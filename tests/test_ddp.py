@@ -45,6 +45,7 @@ def test_ddp_cpu_trains_once_tests_on_the_whole_test_set_and_resumes_in_its_run_
     result = run_cli("cnnlab.train", *overrides, cwd=tmp_path, timeout=150)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stdout + result.stderr  # two ranks took part
+    assert "self.log('train/examples_per_sec'" not in result.stderr  # the whole job's, synced: no Lightning warning
     run_dirs = list((log_dir / "lenet-fashion_mnist").iterdir())
     assert len(run_dirs) == 1, run_dirs  # rank 1 ran in rank 0's run dir, not a dir of its own
     run_dir = run_dirs[0]
@@ -147,6 +148,6 @@ def test_a_nan_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, tiny_d
     printed = out.read_text()
     assert proc.returncode == 2, printed[-3000:]
     errors = [line for line in printed.splitlines() if line.startswith("cnnlab: error:")]
-    assert len(errors) == 2 and all("at step 2 (epoch 0): the run diverged" in e for e in errors), printed[-3000:]
+    assert len(errors) == 2 and all("at step 3 (epoch 0): the run diverged" in e for e in errors), printed[-3000:]
     assert any("the training loss became nan" in e for e in errors)  # rank 1's own
     assert any("the training loss of another process" in e for e in errors)  # rank 0, told by rank 1

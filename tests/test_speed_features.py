@@ -66,3 +66,25 @@ def test_ranks_take_disjoint_shards_of_equal_length(n):
     assert len(shared) == 12 - n, f"the ranks share {sorted(shared)}: only the padding of an odd set may repeat"
     evals = [torch.cat([y for _, y in TensorBatches(labels.float(), labels, 3, False, 0, r, 2)]) for r in (0, 1)]
     assert sorted(torch.cat(evals).tolist()) == list(range(n))  # evaluation covers every example exactly once
+
+
+class TwoRanks:
+    """A stand-in for a 2-rank strategy: every rank saw what this one saw; the other rank was slower."""
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        return tensor * 2 if reduce_op == "sum" else tensor * 1.25  # max: the slower rank's seconds
+
+
+def test_throughput_under_ddp_is_the_whole_jobs(monkeypatch):
+    from types import SimpleNamespace
+
+    from cnnlab.callbacks import ExamplesPerSecond
+
+    speed, logged = ExamplesPerSecond(), {}
+    module = SimpleNamespace(device=torch.device("cpu"), log=lambda name, value, **kw: logged.update({name: kw}))
+    trainer = SimpleNamespace(world_size=2, strategy=TwoRanks(), num_training_batches=1)
+    speed._epoch_examples, speed._epoch_seconds = 1000, 2.0  # this rank's epoch: 500 examples/s
+    speed.on_train_epoch_end(trainer, module)
+    assert logged["train/examples_per_sec"] == {"on_epoch": True, "sync_dist": True, "reduce_fx": "sum"}
+    speed.on_train_end(trainer, module)
+    assert speed.examples_per_sec == pytest.approx(2000 / 2.5)  # both ranks' examples over the slower rank's time

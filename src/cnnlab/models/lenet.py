@@ -42,24 +42,13 @@ def _per_block(value: int | Sequence[int], n_blocks: int, field: str) -> list[in
 
 
 def plan_layers(
-    conv_channels: Sequence[int] = (6, 16),
-    kernel_sizes: int | Sequence[int] = 5,
-    paddings: int | Sequence[int] = (2, 0),
-    strides: int | Sequence[int] = 1,
-    activation: str = "sigmoid",
-    pool: str = "avg",
-    pool_size: int = 2,
-    pool_stride: int | None = 2,
-    fc_sizes: Sequence[int] = (120, 84),
-    dropout: float = 0.0,
-    in_channels: int = 1,
-    image_size: int = 28,
-    num_classes: int = 10,
-    **_: object,
-) -> list[tuple[int, int]]:
-    """(channels, side) after every conv block of a LeNet spec (``LeNet``'s arguments, any others ignored), every
-    rule of the spec checked before anything is built: ``cnnlab.validate`` and ``LeNet`` itself call this, and
-    nothing else checks a spec.
+    conv_channels: Sequence[int], kernel_sizes: int | Sequence[int], paddings: int | Sequence[int],
+    strides: int | Sequence[int], activation: str, pool: str, pool_size: int, pool_stride: int | None,
+    fc_sizes: Sequence[int], dropout: float, in_channels: int, image_size: int, num_classes: int, **_: object,
+) -> list[tuple[int, int]]:  # fmt: skip
+    """(channels, side) after every conv block of a LeNet spec (``LeNet``'s arguments, which hold the defaults; any
+    others ignored), every rule of the spec checked before anything is built: ``cnnlab.validate`` and ``LeNet``
+    itself call this, and nothing else checks a spec.
 
     Raises ``ModelSpecError`` naming the setting, the layer and the sizes.
     """
