@@ -131,7 +131,11 @@ def test_ctrl_c_under_ddp_stops_every_rank_after_the_same_step_with_one_checkpoi
 
 @pytest.mark.slow
 def test_a_nan_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, tiny_data_dir):
-    """Rank 1 alone meets a NaN loss: both ranks stop at once, with the divergence message (no collective hang)."""
+    """Rank 1 alone meets a NaN loss: both ranks stop after the same step, each with the divergence message.
+
+    Deciding alone, rank 1 stopped and rank 0 was left in its next all-reduce: over gloo it died in a "Connection
+    closed by peer" traceback, over NCCL it would wait for the collective's timeout.
+    """
     overrides = [*DDP_OVERRIDES, f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
                  "+callbacks.nan_on_one_rank._target_=nan_on_one_rank.NanOnOneRank"]  # fmt: skip
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])  # for rank 1 to import
@@ -139,7 +143,7 @@ def test_a_nan_on_one_rank_stops_every_rank_after_the_same_step(tmp_path, tiny_d
     out = tmp_path / "out.log"
     proc = forked_cli.start("cnnlab.train", overrides, str(tmp_path), env, str(out), session=True)
     try:
-        proc.wait(timeout=90)  # without the shared decision rank 0 waits in an all-reduce until gloo times out
+        proc.wait(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
