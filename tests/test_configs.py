@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from cnnlab.config import CONF_DIR
-from cnnlab.train import build
+from cnnlab.run import build
 from conftest import compose_config
 
 GROUPS = ["model", "data", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment"]

@@ -15,7 +15,8 @@ from cnnlab.augment import AUGMENTATIONS, BatchAugment
 from cnnlab.eval import load_classifier
 from cnnlab.images import predicted_probabilities
 from cnnlab.module import ClassifierModule
-from cnnlab.train import build, train
+from cnnlab.run import build
+from cnnlab.train import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

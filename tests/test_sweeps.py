@@ -21,8 +21,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cnnlab import launch
 from cnnlab.config import CONF_DIR
 from cnnlab.launch import available_cpus, claim_gpu, gpu_for_job, parallel_jobs, threads_per_job
+from cnnlab.run import build
 from cnnlab.runtime import job_dirname
-from cnnlab.train import build
 from conftest import TINY_OVERRIDES, compose_config, run_cli
 
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))

@@ -21,16 +21,6 @@ log = logging.getLogger("cnnlab")
 config_log = logging.getLogger("cnnlab.config")  # the run's log file only (conf/hydra/job_logging/cnnlab.yaml)
 
 
-class LightningNotes(logging.Filter):
-    """Keeps Lightning's start-up notes and tips off the terminal (the log file keeps them): the header says it."""
-
-    NOTES = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "`Trainer.fit` stopped:",
-             "You are using a CUDA device", "LOCAL_RANK:", "Trainer already configured")  # fmt: skip
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name.startswith("pytorch_lightning") and record.getMessage().startswith(self.NOTES))
-
-
 def command_line_overrides() -> list[str]:
     """The overrides this run was started with (a sweep job: its own)."""
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

@@ -1,9 +1,13 @@
 """The errors cnnlab raises for user mistakes: each message names the setting and the fix."""
 
+from __future__ import annotations
+
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 class CnnlabError(Exception):
@@ -25,6 +29,25 @@ class DataError(CnnlabError):
 class WriteError(CnnlabError):
     """A file cnnlab must write (a checkpoint, metrics.json, a report) that cannot be written: a full disk, no
     permission, a read-only folder."""
+
+
+class RunInterrupted(CnnlabError):
+    """A run stopped by SIGINT or SIGTERM, after saving a checkpoint to resume from."""
+
+    exit_code = 130  # the shell's convention, 128 + the signal number: 130 for SIGINT, 143 for SIGTERM
+
+    @classmethod
+    def at(cls, signal_name: str, trainer: Any, ckpt_path: str | None) -> RunInterrupted:
+        """The error for a run stopped by ``signal_name``; ``ckpt_path`` is saved by ``InterruptCheckpoint``."""
+        saved = (
+            f"saved {ckpt_path}; resume with the same overrides and ckpt_path={ckpt_path}"
+            if ckpt_path
+            else "no checkpoint was saved (callbacks.interrupt_checkpoint is off)"
+        )
+        where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
+        error = cls(f"run interrupted by {signal_name} {where}; {saved}.")
+        error.exit_code = 128 + signal.Signals[signal_name].value
+        return error
 
 
 def user_error(err: BaseException) -> CnnlabError | None:

@@ -23,7 +23,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, RunInterrupted
 from cnnlab.files import atomic_file
 
 log = logging.getLogger("cnnlab.guards")
@@ -31,25 +31,6 @@ log = logging.getLogger("cnnlab.guards")
 
 class TrainingDiverged(CnnlabError):
     """The training loss became NaN or infinite: the run cannot recover, so it stops."""
-
-
-class RunInterrupted(CnnlabError):
-    """A run stopped by SIGINT or SIGTERM, after saving a checkpoint to resume from."""
-
-    exit_code = 130  # the shell's convention, 128 + the signal number: 130 for SIGINT, 143 for SIGTERM
-
-    @classmethod
-    def at(cls, signal_name: str, trainer: pl.Trainer, ckpt_path: str | None) -> RunInterrupted:
-        """The error for a run stopped by ``signal_name``; ``ckpt_path`` is saved by ``InterruptCheckpoint``."""
-        saved = (
-            f"saved {ckpt_path}; resume with the same overrides and ckpt_path={ckpt_path}"
-            if ckpt_path
-            else "no checkpoint was saved (callbacks.interrupt_checkpoint is off)"
-        )
-        where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})"
-        error = cls(f"run interrupted by {signal_name} {where}; {saved}.")
-        error.exit_code = 128 + signal.Signals[signal_name].value
-        return error
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -18,17 +18,12 @@ from typing import IO
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict, read_write
 
 from cnnlab.errors import ConfigError
+from cnnlab.runtime import is_multirun
 
 log = logging.getLogger("cnnlab.launch")
-
-def is_multirun() -> bool:
-    """True inside a job of ``-m`` (a sweep), False in a single run or outside Hydra."""
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
 
 def available_cpus() -> int:
     """The cores this process may run on (its affinity mask, which taskset, cgroups and SLURM narrow)."""

@@ -6,7 +6,7 @@ predictions for an image and its mirror image), a linear learning-rate warm-up b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pytorch_lightning as pl
 import torch
@@ -15,13 +15,9 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-INITS = {
-    "xavier_uniform": nn.init.xavier_uniform_,
-    "xavier_normal": nn.init.xavier_normal_,
-    "kaiming_uniform": nn.init.kaiming_uniform_,
-    "kaiming_normal": nn.init.kaiming_normal_,
-    "default": None,
-}
+InitName = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "default"]
+# torch.nn.init's function of each name; default: PyTorch's own initialisation
+INITS = {name: None if name == "default" else getattr(nn.init, f"{name}_") for name in get_args(InitName)}
 
 
 def init_weights(net: nn.Module, scheme: str) -> None:
@@ -46,7 +42,7 @@ class ClassifierModule(pl.LightningModule):
         model: dict[str, Any],
         optimizer: dict[str, Any],
         scheduler: dict[str, Any] | None = None,
-        init: str = "xavier_uniform",
+        init: InitName = "xavier_uniform",
         compile: bool | str = False,
         channels_last: bool = True,
         label_smoothing: float = 0.0,

@@ -8,67 +8,16 @@ Sizes follow the seeds' formula: with input ``n``, kernel ``k``, padding ``p`` o
 ``s``, the output has ``floor((n - k + 2p + s) / s)`` elements along that dimension.
 """
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
-IntOrPair = int | Sequence[int]
-
-
-def _pair(value: IntOrPair, name: str) -> tuple[int, int]:
-    """Turn ``3`` into ``(3, 3)`` and check that a pair really has two integers."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return (int(value[0]), int(value[1]))
-    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+from cnnlab.shapes import IntOrPair, _output_shape, _pair, conv_output_shape  # noqa: F401 (the chapter's API)
 
 
 def _check_2d(X: Tensor, name: str) -> None:
     """Raise ValueError unless ``X`` is a 2-D tensor (height, width)."""
     if X.dim() != 2:
         raise ValueError(f"{name} must be 2-D (height, width), got shape {tuple(X.shape)}")
-
-
-def conv_output_shape(
-    input_size: IntOrPair, kernel_size: IntOrPair, padding: IntOrPair = 0, stride: IntOrPair = 1
-) -> tuple[int, int]:
-    """Output (height, width) of a convolution or pooling window: floor((n - k + 2p + s) / s) per dim.
-
-    ``padding`` is the number of rows/columns added on *each* side; ints mean the same value for both dims.
-    """
-    return _output_shape(input_size, kernel_size, padding, stride, names=("input_size", "kernel_size"))
-
-
-def _output_shape(
-    input_size: IntOrPair,
-    kernel_size: IntOrPair,
-    padding: IntOrPair,
-    stride: IntOrPair,
-    names: tuple[str, str],
-) -> tuple[int, int]:
-    """``conv_output_shape`` with the caller's argument names (input, kernel) used in error messages."""
-    input_name, kernel_name = names
-    n_h, n_w = _pair(input_size, input_name)
-    k_h, k_w = _pair(kernel_size, kernel_name)
-    p_h, p_w = _pair(padding, "padding")
-    s_h, s_w = _pair(stride, "stride")
-    if n_h <= 0 or n_w <= 0:
-        raise ValueError(f"{input_name} must have a positive size, got {(n_h, n_w)}")
-    if k_h <= 0 or k_w <= 0:
-        raise ValueError(f"{kernel_name} must have a positive size, got {(k_h, k_w)}")
-    if p_h < 0 or p_w < 0:
-        raise ValueError(f"padding must be non-negative, got {(p_h, p_w)}")
-    if s_h <= 0 or s_w <= 0:
-        raise ValueError(f"stride must be positive, got {(s_h, s_w)}")
-    padded = (n_h + 2 * p_h, n_w + 2 * p_w)
-    if k_h > padded[0] or k_w > padded[1]:
-        raise ValueError(
-            f"{kernel_name} {(k_h, k_w)} is larger than the padded {input_name}: {input_name} size "
-            f"{(n_h, n_w)} + padding {(p_h, p_w)} on each side = {padded}"
-        )
-    return ((n_h - k_h + 2 * p_h + s_h) // s_h, (n_w - k_w + 2 * p_w + s_w) // s_w)
 
 
 def _pad2d(X: Tensor, padding: IntOrPair, value: float = 0.0) -> Tensor:

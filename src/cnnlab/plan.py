@@ -25,7 +25,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
 from cnnlab.errors import ConfigError
-from cnnlab.launch import is_multirun, sweep_job
 from cnnlab.rundir import (
     LAST,
     RunRecord,
@@ -38,6 +37,7 @@ from cnnlab.rundir import (
     run_dir_of,
     set_aside_failed_attempt,
 )
+from cnnlab.runtime import is_multirun
 
 log = logging.getLogger("cnnlab.plan")
 
@@ -108,6 +108,7 @@ def newest_last_checkpoint(log_dir: Path, run_name: str) -> Path:
 @contextmanager
 def started(cfg: DictConfig, plan: JobPlan) -> Iterator[JobPlan]:
     """Carry out ``plan`` (the steps of this module's docstring, in order) for as long as the job runs."""
+    from cnnlab.launch import sweep_job  # torch: imported once the job runs, not to plan it
     with ExitStack() as job:
         if (plan.action == "resume" or is_multirun()) and is_rank_zero():
             job.callback(hold(plan.output_dir, "driven").close)

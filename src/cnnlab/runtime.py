@@ -1,11 +1,13 @@
 """What Hydra does before a job, made to answer clearly: job dir names that fit, ``${hydra:...}`` in a sweep's dir,
-and output dirs that can be made (Hydra's own ``mkdir`` would end in a traceback). Light: no torch.
+output dirs that can be made (Hydra's own ``mkdir`` would end in a traceback), and whether this is a sweep's job.
+Light: no torch.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.report_table import round_floats
@@ -34,6 +37,11 @@ def job_dirname(override_dirname: str, limit: int = 200) -> str:
 
 # hydra.sweep.subdir in conf/hydra/default.yaml names each job's folder with it.
 OmegaConf.register_new_resolver("cnnlab.job_dirname", job_dirname, replace=True)
+
+
+def is_multirun() -> bool:
+    """True inside a job of ``-m`` (a sweep), False in a single run or outside Hydra."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 class OutputDirs(Callback):
@@ -66,3 +74,13 @@ def make_output_dir(config: DictConfig, mode: str) -> None:
         print(f"cnnlab: error: paths.log_dir={log_dir}: cannot create {folder} ({why}); point paths.log_dir at a "
               f"writable folder.", file=sys.stderr)  # fmt: skip
         raise SystemExit(2) from None
+
+
+class LightningNotes(logging.Filter):
+    """Keeps Lightning's start-up notes and tips off the terminal (the log file keeps them): the header says it."""
+
+    NOTES = ("GPU available:", "TPU available:", "HPU available:", "💡 Tip:", "`Trainer.fit` stopped:",
+             "You are using a CUDA device", "LOCAL_RANK:", "Trainer already configured")  # fmt: skip
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("pytorch_lightning") and record.getMessage().startswith(self.NOTES))

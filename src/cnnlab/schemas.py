@@ -15,14 +15,14 @@ from __future__ import annotations
 import collections.abc
 import dataclasses
 import difflib
-import inspect
 import types
 import typing
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-SIMPLE_TYPES = (bool, int, float, str)
+from cnnlab.signatures import SIGNATURES, SIMPLE_TYPES, _is_tensor, kept_tables, parse_annotation
+
 SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
 # cnnlab's own scheduler settings, beside the torch scheduler's arguments (ClassifierModule.configure_optimizers)
 SCHEDULER_SETTINGS = [
@@ -45,10 +45,6 @@ def _members(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _is_tensor(annotation: Any) -> bool:
-    return getattr(annotation, "__name__", "") == "Tensor"  # torch's ``float | Tensor``: a number from a config
-
-
 def checkable_type(annotation: Any) -> Any:
     """The annotation as OmegaConf can check it, else ``Any``."""
     if annotation in SIMPLE_TYPES:
@@ -65,18 +61,12 @@ def checkable_type(annotation: Any) -> Any:
     return Any
 
 
-def schema_of(target: Any, name: str, skip: tuple[str, ...] = (), extra: list | None = None, with_target=True) -> type:
-    """A dataclass with ``_target_`` (unless ``with_target=False``) and one field per argument of ``target.__init__``,
-    with its default; each field's ``metadata["annotation"]`` keeps the signature's own annotation."""
-    hints = typing.get_type_hints(target.__init__)
-    fields: list[tuple[str, Any, Any]] = []
-    if with_target:
-        fields.append(("_target_", str, f"{target.__module__}.{target.__qualname__}"))
-    for arg, param in inspect.signature(target.__init__).parameters.items():
-        if arg == "self" or arg in skip or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        default = None if param.default is inspect.Parameter.empty else param.default
-        annotation = hints.get(arg, Any)
+def schema_from_table(name: str, path: str, rows: list[tuple[str, str, Any]], with_target: bool, extra: list) -> type:
+    """A dataclass with ``_target_`` (unless ``with_target=False``) and one field per argument, with its default;
+    each field's ``metadata["annotation"]`` keeps the signature's own annotation."""
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, path)] if with_target else []
+    for arg, text, default in rows:
+        annotation = parse_annotation(text)
         kind = checkable_type(annotation)
         if default is None and kind is not Any and typing.get_origin(kind) is not typing.Union:
             kind = Optional[kind]  # noqa: UP045
@@ -89,28 +79,12 @@ def schema_of(target: Any, name: str, skip: tuple[str, ...] = (), extra: list | 
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore as ``schema/<name>``."""
-    import pytorch_lightning as pl
-    import torch
-
-    from cnnlab.data import MNISTDataModule
-    from cnnlab.models import LeNet
-    from cnnlab.module import ClassifierModule
-
-    schedulers = torch.optim.lr_scheduler
-    SCHEMAS.update(
-        # callbacks and logger are built from their own config groups and passed to the Trainer by cnnlab.train.build
-        trainer=schema_of(pl.Trainer, "TrainerSchema", ("callbacks", "logger")),
-        lenet=schema_of(LeNet, "LeNetSchema"),
-        mnist=schema_of(MNISTDataModule, "MNISTDataSchema"),
-        sgd=schema_of(torch.optim.SGD, "SGDSchema", ("params",)),
-        adam=schema_of(torch.optim.Adam, "AdamSchema", ("params",)),
-        adamw=schema_of(torch.optim.AdamW, "AdamWSchema", ("params",)),
-        cosine=schema_of(schedulers.CosineAnnealingLR, "CosineSchema", ("optimizer",), SCHEDULER_SETTINGS),
-        onecycle=schema_of(schedulers.OneCycleLR, "OneCycleSchema", ("optimizer",), SCHEDULER_SETTINGS),
-        no_scheduler=dataclasses.make_dataclass("NoSchedulerSchema", SCHEDULER_SETTINGS),
-        run=schema_of(ClassifierModule, "RunSchema", ("model", "optimizer", "scheduler"), RUN_SETTINGS, False),
-    )
+    """Put the schemas in Hydra's ConfigStore as ``schema/<name>``, from the kept tables (no torch, no Lightning)."""
+    extra_fields = {"scheduler": SCHEDULER_SETTINGS, "run": RUN_SETTINGS}
+    for name, (path, rows) in kept_tables().items():
+        extra = SIGNATURES[name][2]
+        SCHEMAS[name] = schema_from_table(f"{name.title()}Schema", path, rows, extra != "run", extra_fields.get(extra))
+    SCHEMAS["no_scheduler"] = dataclasses.make_dataclass("NoSchedulerSchema", SCHEDULER_SETTINGS)
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         if name != "run":

@@ -1,4 +1,8 @@
-"""Check a composed config before anything heavy is built: one clear message naming the setting and the fix."""
+"""Check a composed config before anything heavy is built: one clear message naming the setting and the fix.
+
+``validate_config`` needs no torch (``python -m cnnlab.train`` runs it before importing it); ``validate_for_the_run``
+makes the checks that do, at the start of the run.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import as_dict
 from cnnlab.errors import ConfigError
-from cnnlab.models import LeNet, plan_layers
-from cnnlab.module import INITS
 from cnnlab.schemas import check_run_settings
+from cnnlab.shapes import plan_layers
 
 log = logging.getLogger("cnnlab.validate")
 
@@ -39,24 +41,29 @@ def validate_config(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
     if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={max_epochs} must be at least 1 (the seeds train 10).")
-    check_accelerator(cfg)
     check_training_switches(cfg)
-    if cfg.init not in INITS:
-        raise ConfigError(f"init={cfg.init!r} is not known; choose one of {sorted(INITS)}.")
     model = as_dict(cfg.model)
     if model.get("num_classes") not in (None, cfg.data.num_classes):
         raise ConfigError(
             f"model.num_classes={model['num_classes']} does not match data.num_classes={cfg.data.num_classes}; "
             f"leave model.num_classes at its default (${{data.num_classes}})."
         )
-    if model.get("_target_") == f"{LeNet.__module__}.{LeNet.__qualname__}":
+    if "conv_channels" in model:  # a LeNet spec (model/*.yaml extend schema/lenet)
         plan_layers(**{key: value for key, value in model.items() if key != "_target_"})
+
+
+def validate_for_the_run(cfg: DictConfig) -> None:
+    """The checks that need torch, at the start of a run (after ``validate_config``): the GPU a trainer asks for, the
+    checkpoint to resume."""
+    check_accelerator(cfg)
     if cfg.get("ckpt_path"):
-        check_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), model)
+        check_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), as_dict(cfg.model))
 
 
 def check_accelerator(cfg: DictConfig) -> None:
     """A GPU trainer (``trainer=gpu``, ``trainer=ddp``) on a machine without one: say so before Lightning does."""
+    import torch
+
     accelerator = str(cfg.trainer.get("accelerator") or "auto")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
@@ -86,6 +93,8 @@ def check_training_switches(cfg: DictConfig) -> None:
 
 def check_checkpoint(path: Path, model: dict[str, Any]) -> None:
     """A checkpoint to resume must exist, load as plain data (``weights_only``) and hold the composed model."""
+    import torch
+
     if not path.is_file():
         raise ConfigError(
             f"ckpt_path={path} does not exist; pass a checkpoint of the run to resume, "

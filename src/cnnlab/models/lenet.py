@@ -12,83 +12,12 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cnnlab.errors import ModelSpecError
 from cnnlab.models.walk import LayerRow, layer_rows
-from cnnlab.ops import conv_output_shape
+from cnnlab.shapes import ACTIVATION_CLASSES, POOLING_CLASSES, per_block, plan_layers
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "sigmoid": nn.Sigmoid,
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "silu": nn.SiLU,
-}
-POOLINGS: dict[str, type[nn.Module] | None] = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d, "none": None}
-
-
-def _per_block(value: int | Sequence[int], n_blocks: int, field: str) -> list[int]:
-    """Broadcast one int to every conv block, or check a list has one entry per block."""
-    if isinstance(value, int):
-        return [value] * n_blocks
-    values = [int(v) for v in value]
-    if len(values) != n_blocks:
-        raise ModelSpecError(
-            f"model.{field} has {len(values)} entries but model.conv_channels has {n_blocks} blocks; "
-            f"give one value per conv block (or a single int for all)."
-        )
-    return values
-
-
-def plan_layers(
-    conv_channels: Sequence[int], kernel_sizes: int | Sequence[int], paddings: int | Sequence[int],
-    strides: int | Sequence[int], activation: str, pool: str, pool_size: int, pool_stride: int | None,
-    fc_sizes: Sequence[int], dropout: float, in_channels: int, image_size: int, num_classes: int, **_: object,
-) -> list[tuple[int, int]]:  # fmt: skip
-    """(channels, side) after every conv block of a LeNet spec (``LeNet``'s arguments, which hold the defaults; any
-    others ignored), every rule of the spec checked before anything is built: ``cnnlab.validate`` and ``LeNet``
-    itself call this, and nothing else checks a spec.
-
-    Raises ``ModelSpecError`` naming the setting, the layer and the sizes.
-    """
-    if activation not in ACTIVATIONS:
-        raise ModelSpecError(f"model.activation={activation!r} is not known; choose one of {sorted(ACTIVATIONS)}.")
-    if not 0.0 <= dropout < 1.0:
-        raise ModelSpecError(f"model.dropout={dropout} must be in [0, 1).")
-    if num_classes < 2 or in_channels < 1 or image_size < 1 or any(h < 1 for h in fc_sizes):
-        raise ModelSpecError(
-            f"model.num_classes={num_classes} must be >= 2, in_channels={in_channels} and "
-            f"image_size={image_size} >= 1, and every model.fc_sizes entry ({list(fc_sizes)}) >= 1."
-        )
-    n_blocks = len(conv_channels)
-    kernels = _per_block(kernel_sizes, n_blocks, "kernel_sizes")
-    pads = _per_block(paddings, n_blocks, "paddings")
-    steps = _per_block(strides, n_blocks, "strides")
-    if pool not in POOLINGS:
-        raise ModelSpecError(f"model.pool={pool!r} is not a pooling kind; choose one of {sorted(POOLINGS)}.")
-    pool_stride = pool_size if pool_stride is None else pool_stride
-    side, shapes = image_size, []
-    for i, (channels, k, p, s) in enumerate(zip(conv_channels, kernels, pads, steps, strict=True), start=1):
-        if channels < 1 or k < 1 or s < 1 or p < 0:
-            raise ModelSpecError(
-                f"conv{i}: channels={channels}, kernel={k}, stride={s} must be >= 1 and padding={p} >= 0."
-            )
-        if k > side + 2 * p:
-            raise ModelSpecError(
-                f"conv{i}: kernel {k}x{k} is larger than its input {side}x{side} (padding {p}); "
-                f"use a smaller model.kernel_sizes, more model.paddings, or fewer conv blocks."
-            )
-        side = conv_output_shape(side, k, p, s)[0]
-        if POOLINGS[pool] is not None:
-            if pool_size > side:
-                raise ModelSpecError(
-                    f"pool{i}: pooling window {pool_size}x{pool_size} is larger than its input "
-                    f"{side}x{side}; use a smaller model.pool_size, model.pool=none, or fewer conv blocks."
-                )
-            side = conv_output_shape(side, pool_size, 0, pool_stride)[0]
-        shapes.append((channels, side))
-    return shapes
+# The layer classes behind the spec's names (cnnlab.shapes lists the names, so a spec is checked without torch).
+ACTIVATIONS: dict[str, type[nn.Module]] = {name: getattr(nn, cls) for name, cls in ACTIVATION_CLASSES.items()}
+POOLINGS: dict[str, type[nn.Module] | None] = {name: cls and getattr(nn, cls) for name, cls in POOLING_CLASSES.items()}
 
 
 class LeNet(nn.Sequential):
@@ -121,9 +50,9 @@ class LeNet(nn.Sequential):
             dropout, in_channels, image_size, num_classes,
         )  # fmt: skip
         n_blocks = len(conv_channels)
-        kernels = _per_block(kernel_sizes, n_blocks, "kernel_sizes")
-        pads = _per_block(paddings, n_blocks, "paddings")
-        steps = _per_block(strides, n_blocks, "strides")
+        kernels = per_block(kernel_sizes, n_blocks, "kernel_sizes")
+        pads = per_block(paddings, n_blocks, "paddings")
+        steps = per_block(strides, n_blocks, "strides")
         act, pool_cls = ACTIVATIONS[activation], POOLINGS[pool]
 
         layers: OrderedDict[str, nn.Module] = OrderedDict()
