@@ -141,5 +141,6 @@ class JoblibLauncherConf(JobLibLauncherConf):
     jobs_per_gpu: int = 1  # parallel jobs that share one GPU (a LeNet job uses a sliver of one)
 
 
-# Replaces the joblib plugin's entry, which importing it above has just stored.
-ConfigStore.instance().store(group="hydra/launcher", name="joblib", node=JoblibLauncherConf, provider="cnnlab")
+# Under a name of its own: conf/hydra/launcher/joblib.yaml extends it, so `hydra/launcher=joblib` is this launcher
+# whatever order Hydra's plugin scan runs the plugin modules in (it runs each again, the joblib plugin's too).
+ConfigStore.instance().store(group="hydra/launcher", name="cnnlab_joblib", node=JoblibLauncherConf, provider="cnnlab")
