@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as HydraJoblibLauncher
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as HydraOptunaSweeper
@@ -141,6 +143,21 @@ class JoblibLauncherConf(JobLibLauncherConf):
     jobs_per_gpu: int = 1  # parallel jobs that share one GPU (a LeNet job uses a sliver of one)
 
 
-# Under a name of its own: conf/hydra/launcher/joblib.yaml extends it, so `hydra/launcher=joblib` is this launcher
-# whatever order Hydra's plugin scan runs the plugin modules in (it runs each again, the joblib plugin's too).
-ConfigStore.instance().store(group="hydra/launcher", name="cnnlab_joblib", node=JoblibLauncherConf, provider="cnnlab")
+def store_joblib_launcher() -> None:
+    """``hydra/launcher=joblib`` is this launcher with ``jobs_per_gpu``, in place of the joblib plugin's entry."""
+    ConfigStore.instance().store(group="hydra/launcher", name="joblib", node=JoblibLauncherConf, provider="cnnlab")
+
+
+class JoblibLauncherEntry(SearchPathPlugin):
+    """Stores cnnlab's ``hydra/launcher=joblib`` after Hydra's plugin scan, before any config is composed.
+
+    The scan runs every plugin module again, the joblib plugin's config (which stores its own ``joblib``) included,
+    in an order that depends on where the packages are installed; whichever runs last would win. Hydra calls the
+    search-path plugins once the scan is done, so this entry is the one composed, whatever the install.
+    """
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        store_joblib_launcher()
+
+
+store_joblib_launcher()
