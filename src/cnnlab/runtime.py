@@ -9,6 +9,7 @@ import copy
 import hashlib
 import logging
 import re
+import string
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,16 @@ class LightningNotes(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.name.startswith("pytorch_lightning") and record.getMessage().startswith(self.NOTES))
+
+
+def help_page(conf_dir: Path) -> str:
+    """``--help``: cnnlab's page (``hydra.help.template`` in conf/hydra/default.yaml) with the config groups and their
+    choices read from the folders of ``conf_dir``. Hydra's own listing builds a config repository per group, each a
+    deep copy of every stored schema: most of a second, for the same list."""
+    template = OmegaConf.load(conf_dir / "hydra" / "default.yaml").help.template
+    lines = []
+    for folder in sorted(p for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"):
+        choices = sorted(f.stem for f in folder.glob("*.yaml"))
+        if choices:
+            lines.append(f"{folder.name}: {', '.join(choices)}\n")
+    return string.Template(template).safe_substitute(APP_CONFIG_GROUPS="".join(lines))

@@ -19,7 +19,7 @@ from cnnlab.config import CONF_DIR
 from cnnlab.errors import RunInterrupted, exit_on_user_error, user_error
 from cnnlab.plan import plan_job, skipped, started
 from cnnlab.rundir import DirBusy, record_failure
-from cnnlab.runtime import is_multirun
+from cnnlab.runtime import help_page, is_multirun
 from cnnlab.schemas import check_overrides
 from cnnlab.validate import validate_config
 
@@ -69,6 +69,9 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """``python -m cnnlab.train`` and ``python -m cnnlab``: check the overrides, then compose and run."""
+    if sys.argv[1:] in (["--help"], ["-h"]):  # with overrides, Hydra's --help shows them composed
+        print(help_page(CONF_DIR))
+        return
     with exit_on_user_error():  # trainer.max_epoch=5, data.batch_size=abc: one line before Hydra composes
         check_overrides(sys.argv[1:])
     main()
