@@ -40,13 +40,12 @@ def fake_sweep(root: Path, runs: int = 30) -> Path:
         (job / ".hydra").mkdir(parents=True)
         overrides = [f"optimizer.lr={0.1 * (i + 1):.1f}", f"seed={i % 3}"]
         (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        (job / ".hydra" / "hydra.yaml").write_text(
-            f"hydra:\n  runtime:\n    choices:\n      model: lenet\n  job:\n    override_dirname: {','.join(overrides)}\n"
-        )
+        hydra = f"hydra:\n  runtime:\n    choices:\n      model: lenet\n  job:\n    override_dirname: {','.join(overrides)}"
+        (job / ".hydra" / "hydra.yaml").write_text(hydra + "\n")
         (job / ".hydra" / "config.yaml").write_text(f"seed: {i % 3}\ntags: []\n")
         acc = 0.7 + 0.005 * i
         record = {"params": 61706, "val_acc": acc, "test_acc": acc, "train_acc": acc, "train_loss": 0.5,
-                  "examples_per_sec": 9000.0, "startup_s": 4.0, "wall_s": 60.0, "epochs": 10, "status": "ok"}  # fmt: skip
+                  "examples_per_sec": 9e3, "startup_s": 4.0, "wall_s": 60.0, "epochs": 10, "status": "ok"}  # fmt: skip
         (job / "metrics.json").write_text(json.dumps(record))
         with SummaryWriter(str(job)) as writer:
             for epoch in range(10):
