@@ -40,8 +40,9 @@ def fake_sweep(root: Path, runs: int = 30) -> Path:
         (job / ".hydra").mkdir(parents=True)
         overrides = [f"optimizer.lr={0.1 * (i + 1):.1f}", f"seed={i % 3}"]
         (job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-        hydra = f"hydra:\n  runtime:\n    choices:\n      model: lenet\n  job:\n    override_dirname: {','.join(overrides)}"
-        (job / ".hydra" / "hydra.yaml").write_text(hydra + "\n")
+        dirname = ",".join(overrides)
+        hydra = f"hydra:\n  runtime:\n    choices:\n      model: lenet\n  job:\n    override_dirname: {dirname}\n"
+        (job / ".hydra" / "hydra.yaml").write_text(hydra)
         (job / ".hydra" / "config.yaml").write_text(f"seed: {i % 3}\ntags: []\n")
         acc = 0.7 + 0.005 * i
         record = {"params": 61706, "val_acc": acc, "test_acc": acc, "train_acc": acc, "train_loss": 0.5,
