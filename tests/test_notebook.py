@@ -1,0 +1,77 @@
+"""``cnnlab.api`` (train, sweep, load, inspect) gives the command line's results, and notebooks/chapter6.ipynb runs in a
+real Jupyter kernel on tiny data."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from cnnlab import api
+from cnnlab.errors import CnnlabError
+from conftest import TINY_OVERRIDES, run_cli
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "chapter6.ipynb"
+
+
+@pytest.mark.slow
+def test_train_gives_the_command_lines_metrics_bit_for_bit(tmp_path, tiny_data_dir, monkeypatch):
+    args = [*TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", "trainer.max_epochs=2", "trainer.deterministic=true",
+            "seed=3"]  # fmt: skip
+    result = run_cli("cnnlab.train", *args, f"paths.log_dir={tmp_path / 'cli'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (cli_record,) = (tmp_path / "cli").rglob("metrics.json")
+    monkeypatch.chdir(tmp_path)
+    run = api.train(*args, f"paths.log_dir={tmp_path / 'api'}", live=False)
+    assert run.run_dir.parent.parent == tmp_path / "api" and run.checkpoints
+    cli = json.loads(cli_record.read_text())
+    for key in ("test_acc", "val_acc", "train_acc", "train_loss", "params", "epochs"):
+        assert run.metrics[key] == cli[key], key
+    assert list(run.history.index) == [1, 2] and run.history["train_loss"].iloc[-1] == pytest.approx(cli["train_loss"])
+    assert api.load(run.run_dir).metrics == run.metrics
+
+
+@pytest.mark.slow
+def test_sweep_gives_a_row_per_job_and_the_seeds_aggregated(tmp_path, tiny_data_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweep = api.sweep(*TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", "model=lenet,lenet_maxpool", "seed=1,2")
+    assert len(sweep.runs) == 4 and sorted(sweep.configs["model"]) == ["lenet", "lenet_maxpool"]
+    assert list(sweep.configs["n"]) == [2, 2] and sweep.best["model"] == sweep.configs["model"].iloc[0]
+    again = api.load(sweep.sweep_dir)
+    assert isinstance(again, api.Sweep) and again.runs.equals(sweep.runs)
+
+
+def test_a_config_mistake_raises_the_command_lines_message(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CnnlabError) as raised:
+        api.train("trainer.max_epoch=2")
+    cli = run_cli("cnnlab.train", "trainer.max_epoch=2", cwd=tmp_path)
+    assert f"cnnlab: error: {raised.value}" == cli.stderr.strip()
+    with pytest.raises(CnnlabError, match="neither a run dir"):
+        api.load(tmp_path)
+
+
+def test_inspect_is_the_layer_walk_as_a_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    walk = api.inspect("model=lenet_improved")
+    assert list(walk.index[:3]) == ["conv1", "act1", "pool1"] and walk["params"].sum() == 21_940
+    assert walk.loc["conv1", "output shape"] == "[1, 6, 30, 30]" and walk["mult-adds"].sum() > 0
+
+
+@pytest.mark.slow
+def test_the_chapter_notebook_runs_on_tiny_data(tmp_path, tiny_data_dir, monkeypatch):
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    monkeypatch.setenv("CNNLAB_NOTEBOOK_DATA", str(tiny_data_dir))
+    where = {"metadata": {"path": str(tmp_path)}}  # the notebook's working directory: its logs/ go there
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources=where).execute()
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(cell.get("execution_count") for cell in code), "a cell did not run"
+    errors = [out for cell in code for out in cell.outputs if out.output_type == "error"]
+    assert not errors, errors
+    table = code[-1].outputs[-1]["data"]["text/plain"]  # the chapter's table: a row per model
+    assert len(re.findall(r"^\d+\s+lenet", table, flags=re.M)) == 2, table
+    assert any("image/png" in out.get("data", {}) for cell in code for out in cell.outputs)  # 6.6.4's activations
