@@ -75,3 +75,8 @@ def test_the_chapter_notebook_runs_on_tiny_data(tmp_path, tiny_data_dir, monkeyp
     table = code[-1].outputs[-1]["data"]["text/plain"]  # the chapter's table: a row per model
     assert len(re.findall(r"^\d+\s+lenet", table, flags=re.M)) == 2, table
     assert any("image/png" in out.get("data", {}) for cell in code for out in cell.outputs)  # 6.6.4's activations
+    (training,) = [cell for cell in code if cell.source.startswith("lenet = cnnlab.train(")]
+    drawn = [out for out in training.outputs if "image/png" in out.get("data", {})]
+    assert drawn and drawn[0]["output_type"] == "display_data", training.outputs  # the curves, redrawn in place
+    printed = "".join(out.get("text", "") for out in training.outputs if out["output_type"] == "stream")
+    assert "epoch 1/" not in printed, printed  # the curves take the epoch lines' place
