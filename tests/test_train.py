@@ -8,19 +8,11 @@ from pathlib import Path
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cnnlab.rundir import RESULT_KEYS
 from cnnlab.train import train
 from conftest import TINY_OVERRIDES, run_cli
 
-METRIC_KEYS = {
-    "test_acc",
-    "val_acc",
-    "train_acc",
-    "train_loss",
-    "examples_per_sec",
-    "params",
-    "epochs",
-    "wall_s",
-}
+METRIC_KEYS = {*RESULT_KEYS, "status", "tags"}  # the run record's keys (cnnlab.rundir.RunRecord)
 
 
 def only_run_dir(log_dir: Path) -> Path:
