@@ -68,8 +68,8 @@ def job_start_time() -> float:
 
 def plan_job(cfg: DictConfig) -> JobPlan:
     """Decide what this job does from its run dir and ``ckpt_path`` (``last``: the newest run of ``run_name``)."""
-    plan = JobPlan("run", Path(cfg.paths.output_dir), startup_from=job_start_time())
     output_dir, ckpt_path = Path(cfg.paths.output_dir), cfg.get("ckpt_path")
+    plan = JobPlan("run", output_dir, startup_from=job_start_time())
     if is_multirun() and not ckpt_path:  # a sweep re-run in its dir: each job picks up where it stopped
         state = job_state(output_dir)
         if state == "finished":
@@ -109,6 +109,7 @@ def newest_last_checkpoint(log_dir: Path, run_name: str) -> Path:
 def started(cfg: DictConfig, plan: JobPlan) -> Iterator[JobPlan]:
     """Carry out ``plan`` (the steps of this module's docstring, in order) for as long as the job runs."""
     from cnnlab.launch import sweep_job  # torch: imported once the job runs, not to plan it
+
     with ExitStack() as job:
         if (plan.action == "resume" or is_multirun()) and is_rank_zero():
             job.callback(hold(plan.output_dir, "driven").close)
