@@ -104,7 +104,7 @@ def test_nothing_found_names_the_three_ways_to_get_the_data(tmp_path):
 @pytest.mark.parametrize("name", ["fashion_mnist", "mnist"])
 def test_download_goes_through_torchvision_and_fails_clearly_offline(tmp_path, monkeypatch, name):
     dm = make_dm(tmp_path / "data", name, download=True)
-    monkeypatch.setattr(dm.dataset_cls, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens: refused
+    monkeypatch.setattr(dm.files.dataset_cls, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens: refused
     with pytest.raises(DataError, match="Downloading .* failed"):
         dm.prepare_data()
 
@@ -118,8 +118,8 @@ def test_download_uses_torchvision_files_when_they_arrive(tmp_path, monkeypatch)
     thread.start()
     try:
         dm = make_dm(tmp_path / "data", "mnist", download=True)
-        monkeypatch.setattr(dm.dataset_cls, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
-        monkeypatch.setattr(dm.dataset_cls, "resources", [(f"{n}.gz", None) for n in IDX_FILES])
+        monkeypatch.setattr(dm.files.dataset_cls, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+        monkeypatch.setattr(dm.files.dataset_cls, "resources", [(f"{n}.gz", None) for n in IDX_FILES])
         dm.prepare_data()
         dm.setup()
     finally:

@@ -18,9 +18,7 @@ from torch import Tensor
 
 from cnnlab.augment import BatchAugment
 from cnnlab.errors import ConfigError, DataError
-from cnnlab.idx import IDX_DATASETS, IdxFiles
-
-DATASETS = IDX_DATASETS  # data.name -> torchvision dataset class
+from cnnlab.idx import DATASETS, IdxFiles
 
 
 def fresh_seed() -> int:
@@ -111,10 +109,9 @@ class MNISTDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         seed = fresh_seed() if augment_seed is None else augment_seed  # null: a different draw every run
         self.augment = BatchAugment(augment, seed, crop_padding, erase_size, erase_prob)
-        self.dataset_cls = DATASETS[name]
         self.data_dir = Path(data_dir).expanduser()
         self.files = IdxFiles(name, self.data_dir, system_dir, download=download, verify_md5=verify_md5)
-        self.classes: list[str] = list(self.dataset_cls.classes)
+        self.classes: list[str] = list(self.files.dataset_cls.classes)
         self.mean, self.std = 0.0, 1.0
         self.train_set: tuple[Tensor, Tensor] | None = None
         self.val_set: tuple[Tensor, Tensor] | None = None
@@ -155,7 +152,7 @@ class MNISTDataModule(pl.LightningDataModule):
             self.val_set = self.test_set
 
     def _load(self, train: bool) -> tuple[Tensor, Tensor]:
-        dataset = self.dataset_cls(str(self.data_dir), train=train, download=False)
+        dataset = self.files.dataset_cls(str(self.data_dir), train=train, download=False)
         images, labels = dataset.data, dataset.targets.long()
         h = self.hparams
         if tuple(images.shape[1:]) != (h.image_size, h.image_size):

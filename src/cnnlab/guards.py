@@ -109,14 +109,17 @@ class DivergenceGuard(Callback):
         """
         if self._first_bad_step is None:
             return
-        bad = int(self._first_bad_step) >= 0
-        what = f"the training loss became {float(self._first_bad_loss)}"
+        bad = int(self._first_bad_step) >= 0  # the one host read of a check that finds nothing
         if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(bad, all=False):
             local = self._first_bad_step if bad else torch.full_like(self._first_bad_step, 2**62)
             step = int(trainer.strategy.reduce(local, reduce_op="min"))  # the first bad step of any rank
-            self._stop(trainer, what if bad else "the training loss of another process became NaN or infinite", step)
+            what = self._what() if bad else "the training loss of another process became NaN or infinite"
+            self._stop(trainer, what, step)
         if bad:
-            self._stop(trainer, what, int(self._first_bad_step))
+            self._stop(trainer, self._what(), int(self._first_bad_step))
+
+    def _what(self) -> str:
+        return f"the training loss became {float(self._first_bad_loss)}"
 
     def _stop(self, trainer: pl.Trainer, what: str, step: int) -> None:
         self._first_bad_step = None  # report once, even if a save is attempted while the error unwinds

@@ -18,7 +18,7 @@ from torchvision.datasets import MNIST, FashionMNIST
 
 from cnnlab.errors import DataError
 
-IDX_DATASETS: dict[str, type[MNIST]] = {"fashion_mnist": FashionMNIST, "mnist": MNIST}
+DATASETS: dict[str, type[MNIST]] = {"fashion_mnist": FashionMNIST, "mnist": MNIST}  # data.name -> its class
 SYSTEM_COPIES = {"fashion_mnist": Path("/usr/share/datasets/fashion-mnist")}
 # md5 of the uncompressed IDX files (torchvision's list is of the .gz files, which other packagers recompress).
 CONTENT_MD5 = {
@@ -76,7 +76,7 @@ class IdxFiles:
         verify_md5: bool = True,
     ) -> None:  # fmt: skip
         self.name, self.data_dir, self.download, self.verify_md5 = name, Path(data_dir), download, verify_md5
-        self.dataset_cls = IDX_DATASETS[name]
+        self.dataset_cls = DATASETS[name]
         self.system_dir = Path(system_dir) if system_dir else SYSTEM_COPIES.get(name)
 
     @property

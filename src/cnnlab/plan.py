@@ -32,9 +32,9 @@ from cnnlab.rundir import (
     hold,
     is_rank_zero,
     job_state,
-    newest_run_with_checkpoint,
     read_record,
     run_dir_of,
+    runs_with_checkpoint,
     set_aside_failed_attempt,
 )
 from cnnlab.runtime import is_multirun
@@ -94,15 +94,14 @@ def newest_last_checkpoint(log_dir: Path, run_name: str) -> Path:
 
     DDP ranks that Lightning starts later resolve ``last`` again, in the run dir rank 0 chose: the same answer.
     """
-    run_dir = newest_run_with_checkpoint(log_dir, run_name)
-    if run_dir is None:
+    runs = runs_with_checkpoint(log_dir, run_name)
+    if not runs:
         raise ConfigError(
             f"ckpt_path=last: no run of {run_name} under {log_dir} has a {LAST}; give the checkpoint's path "
             f"(ckpt_path=<run dir>/{LAST}) or the run_name=... and paths.log_dir=... of the run to resume."
         )
-    count = len(list((log_dir / run_name).glob(f"*/{LAST}")))
-    log.info("ckpt_path=last: resuming %s, the newest of %d runs of %s", run_dir, count, run_name)
-    return run_dir / LAST
+    log.info("ckpt_path=last: resuming %s, the newest of %d runs of %s", runs[-1], len(runs), run_name)
+    return runs[-1] / LAST
 
 
 @contextmanager

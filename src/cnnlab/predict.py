@@ -23,9 +23,9 @@ from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, resize
 
 from cnnlab.config import CONF_DIR
-from cnnlab.data import DATASETS
 from cnnlab.errors import CnnlabError, ConfigError, exit_on_user_error
 from cnnlab.eval import load_classifier
+from cnnlab.idx import DATASETS
 
 GLOB_CHARS = set("*?[")
 

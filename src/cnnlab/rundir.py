@@ -149,10 +149,9 @@ def job_state(run_dir: Path) -> str:
     return "finished" if record.status == Status.OK else "failed"
 
 
-def newest_run_with_checkpoint(log_dir: Path, run_name: str) -> Path | None:
-    """The newest run dir of ``run_name`` under ``log_dir`` that has a ``last.ckpt`` (run dirs are named by time)."""
-    runs = sorted(p.parent.parent for p in (log_dir / run_name).glob(f"*/{LAST}"))
-    return runs[-1] if runs else None
+def runs_with_checkpoint(log_dir: Path, run_name: str) -> list[Path]:
+    """The run dirs of ``run_name`` under ``log_dir`` that have a ``last.ckpt``, oldest first (named by time)."""
+    return sorted(p.parent.parent for p in (log_dir / run_name).glob(f"*/{LAST}"))
 
 
 def run_dir_of(ckpt_path: Path | str) -> Path:
