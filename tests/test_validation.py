@@ -309,3 +309,25 @@ def test_both_entry_points_check_the_overrides_alike(module, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     expected = "cnnlab: error: trainer.max_epoch is not a Lightning Trainer argument; did you mean trainer.max_epochs"
     assert result.stderr.strip().startswith(expected), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        (["optimizer.betas=[0.9,0.99]"], "optimizer.betas is not an argument of torch.optim.SGD (optimizer=sgd); "
+         "optimizer=adam or optimizer=adamw takes it."),
+        (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer.momentum is not an argument of torch.optim.Adam "
+         "(optimizer=adam); optimizer=sgd or optimizer=sgd_nesterov takes it."),
+        (["scheduler.T_max=5"], "scheduler.T_max is not a setting of scheduler=none; scheduler=cosine takes it."),
+        (["scheduler.interval=weekly"], "scheduler.interval='weekly' must be one of step, epoch (or null)."),
+        (["optimizer=adam", "optimizer.betas=[0.9,0.99]"], None),
+        (["experiment=fashion_fast", "optimizer.betas=[0.9,0.99]"], None),  # the experiment chooses adamw
+    ],
+)
+def test_a_key_of_another_optimizer_or_scheduler_than_the_chosen_one_is_named(overrides, says) -> None:
+    if says is None:
+        check_overrides(overrides, CONF_DIR)
+        return
+    with pytest.raises(ConfigError) as raised:
+        check_overrides(overrides, CONF_DIR)
+    assert str(raised.value) == says

@@ -17,16 +17,19 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.signatures import SIGNATURES, SIMPLE_TYPES, _is_tensor, kept_tables, parse_annotation
 
 SEQUENCES = (list, tuple, collections.abc.Sequence, collections.abc.Iterable)
+INTERVAL = typing.Literal["step", "epoch"] | None  # how often the scheduler steps (null: its own default)
 # cnnlab's own scheduler settings, beside the torch scheduler's arguments (ClassifierModule.configure_optimizers)
 SCHEDULER_SETTINGS = [
-    ("interval", Optional[str], dataclasses.field(default=None, metadata={"annotation": Optional[str]})),  # noqa: UP045
+    ("interval", Optional[str], dataclasses.field(default=None, metadata={"annotation": INTERVAL})),  # noqa: UP045
     ("warmup_epochs", float, dataclasses.field(default=0.0, metadata={"annotation": float})),
 ]
 # Top-level settings that no class's signature holds: the seed, the tags, the EMA's decay (callbacks.ema).
@@ -188,9 +191,40 @@ def _annotations(schema: str) -> dict[str, Any]:
     return {f.name: annotations[f.name] | None if f.default is None else annotations[f.name] for f in fields}
 
 
-def check_overrides(overrides: list[str]) -> None:
+# Groups whose files may choose another optimizer or scheduler than the defaults list (an experiment, say).
+COMPOSITES = ("experiment", "ablation", "sweep", "debug")
+
+
+def schema_of_choice(conf_dir: Path, group: str, choice: str) -> str | None:
+    """The schema a choice's file extends (``conf/optimizer/adam.yaml``: ``/schema/adam@_here_`` -> ``adam``)."""
+    path = conf_dir / group / f"{choice}.yaml"
+    defaults = OmegaConf.load(path).get("defaults", []) if path.is_file() else []
+    named = [str(d) for d in defaults if str(d).startswith("/schema/")]
+    return named[0].removeprefix("/schema/").split("@")[0] if named else None
+
+
+def chosen_schemas(group: str, parsed: list[Any], conf_dir: Path | None) -> tuple[tuple[str, ...], str | None]:
+    """The schemas an ``optimizer.*``/``scheduler.*`` key is checked against, and the choice when it is known: the
+    one chosen on the command line, else the defaults list's unless a composite group may change it."""
+    every = SCHEMAS_OF_GROUP[group]
+    if group not in ("optimizer", "scheduler") or conf_dir is None:
+        return every, None
+    chosen = [o for o in parsed if o.key_or_group == group]
+    if chosen and not chosen[-1].is_sweep_override():
+        choice = str(chosen[-1].value())
+    elif not chosen and not any(o.key_or_group in COMPOSITES for o in parsed):
+        defaults = OmegaConf.load(conf_dir / "config.yaml").defaults
+        choice = next(str(d[group]) for d in defaults if isinstance(d, DictConfig) and group in d)
+    else:
+        return every, None
+    schema = schema_of_choice(conf_dir, group, choice)
+    return ((schema,), choice) if schema in SCHEMAS else (every, None)
+
+
+def check_overrides(overrides: list[str], conf_dir: Path | None = None) -> None:
     """Refuse, in one line, an override of a schema'd setting whose key is not an argument of what it configures
-    (with the closest names) or whose value has the wrong type. Runs before Hydra composes."""
+    (with the closest names) or whose value has the wrong type. Runs before Hydra composes; with ``conf_dir``, an
+    ``optimizer.*``/``scheduler.*`` key is checked against the chosen optimizer's or scheduler's own arguments."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from cnnlab.errors import ConfigError
@@ -204,7 +238,15 @@ def check_overrides(overrides: list[str]) -> None:
         group, _, field = key.partition(".") if "." in key else ("", "", key)
         if group not in SCHEMAS_OF_GROUP or "." in field or "/" in key or override.is_add() or override.is_delete():
             continue
-        known = [_annotations(name) for name in SCHEMAS_OF_GROUP[group]]
+        names, choice = chosen_schemas(group, parsed, conf_dir)
+        known = [_annotations(name) for name in names]
+        if choice is not None and field not in known[0]:
+            others = sorted(f.stem for f in (conf_dir / group).glob("*.yaml")
+                            if field in _annotations(schema_of_choice(conf_dir, group, f.stem) or "run"))  # fmt: skip
+            if others:
+                target = next((f.default for f in dataclasses.fields(SCHEMAS[names[0]]) if f.name == "_target_"), None)
+                what = f"an argument of {target} ({group}={choice})" if target else f"a setting of {group}={choice}"
+                raise ConfigError(f"{key} is not {what}; {' or '.join(f'{group}={o}' for o in others)} takes it.")
         if not any(field in fields for fields in known):
             if not group:
                 continue  # a top-level key of a config file (an experiment, a sweep): Hydra checks it

@@ -73,7 +73,7 @@ def cli() -> None:
         print(help_page(CONF_DIR))
         return
     with exit_on_user_error():  # trainer.max_epoch=5, data.batch_size=abc: one line before Hydra composes
-        check_overrides(sys.argv[1:])
+        check_overrides(sys.argv[1:], CONF_DIR)
     main()
 
 
