@@ -229,10 +229,15 @@ def check_overrides(overrides: list[str], conf_dir: Path | None = None) -> None:
 
     from cnnlab.errors import ConfigError
 
-    try:
-        parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("-")])
-    except Exception:  # Hydra reports a malformed override itself
-        return
+    parser, parsed = OverridesParser.create(), []
+    for given in (o for o in overrides if "=" in o and not o.startswith("-")):  # not a flag, nor its value
+        try:
+            parsed.append(parser.parse_override(given))
+        except Exception as err:  # Hydra's message: "Error parsing override ...", then why, then a link
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            why = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
+            raise ConfigError(f"{given} cannot be parsed: {why} (Hydra's override grammar: "
+                              f"https://hydra.cc/docs/advanced/override_grammar/basic).") from None  # fmt: skip
     for override in parsed:
         key = override.key_or_group
         group, _, field = key.partition(".") if "." in key else ("", "", key)
