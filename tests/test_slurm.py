@@ -155,3 +155,23 @@ def test_a_two_task_ddp_job_tests_on_the_whole_test_set(tmp_path, tiny_data_dir)
     assert metrics["test_acc"] == pytest.approx(
         whole_test_set_accuracy(metrics_file.parent / "checkpoints" / "last.ckpt", tiny_data_dir)
     )
+
+
+def test_a_pruned_search_keeps_two_trials_in_flight_on_the_cluster(tmp_path, tiny_data_dir):
+    import optuna
+
+    search = ["sweep=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner=threshold",
+              "hydra.sweeper.pruner_args={lower: 0.99}", "trainer.max_epochs=3", "optimizer=sgd", "optimizer.lr=0.1",
+              "model.activation=relu", "model.conv_channels=[6,16]"]  # fmt: skip  (0.99: a tiny-data trial is pruned)
+    _, sweep = slurm_sweep(tmp_path, tiny_data_dir, *search, *TINY_OVERRIDES)
+    study = optuna.load_study(study_name="lenet", storage=f"sqlite:///{sweep}/optuna.db")
+    states = [t.state for t in study.trials]
+    assert len(states) == 3 and optuna.trial.TrialState.PRUNED in states
+    assert all(s in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE) for s in states)
+    records = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    assert sorted(r["status"] for r in records) == sorted(s.name.lower().replace("complete", "ok") for s in states)
+    assert len(list(sweep.glob(".submitit/*/*_log.out"))) == 3  # one SLURM job per trial, each reported from there
+    (start0, end0), (start1, end1) = (((job / ".hydra" / "config.yaml").stat().st_mtime,
+                                       (job / "metrics.json").stat().st_mtime)
+                                      for job in sorted(sweep.glob("[01]_*")))  # fmt: skip
+    assert start1 < end0 and start0 < end1  # trials 0 and 1 ran at once

@@ -14,11 +14,10 @@ import submitit
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cnnlab import launch
+from cnnlab import launch, study
 from cnnlab.config import CONF_DIR
 from cnnlab.launch import available_cpus, claim_gpu, gpu_for_job, parallel_jobs, threads_per_job
 from cnnlab.run import build
@@ -71,13 +70,10 @@ def test_every_sweep_composes_and_its_jobs_build(name, tiny_cfg):
         assert cfg.hydra.sweeper.direction == "maximize" and cfg.hydra.sweeper.storage == (
             f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db"  # the study lives in the sweep dir: a stopped one continues
         )
-        parser = OverridesParser.create()
-        first_choices = []
-        for key, value in params.items():
-            distribution = create_optuna_distribution_from_override(parser.parse_override(f"{key}={value}"))
-            first = getattr(distribution, "choices", [getattr(distribution, "low", None)])[0]
-            first_choices.append(f"{key}={first}")
-        jobs = [first_choices]
+        space, fixed = study.search_space([f"{key}={value}" for key, value in params.items()])
+        first = [f"{key}={getattr(d, 'choices', [getattr(d, 'low', None)])[0]}" for key, d in space.items()]
+        last = [f"{key}={getattr(d, 'choices', [getattr(d, 'high', None)])[-1]}" for key, d in space.items()]
+        jobs = [study.trial_overrides(dict(o.split("=", 1) for o in job), fixed) for job in (first, last)]
     else:
         jobs = grid_jobs(dict(params))
         jobs = [jobs[0], jobs[-1]]

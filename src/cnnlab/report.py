@@ -27,14 +27,15 @@ from cnnlab.files import write_text_atomically
 from cnnlab.plot import plot_report
 from cnnlab.report_table import configs_table, markdown_table
 from cnnlab.rundir import RESULT_KEYS
-from cnnlab.runs import aggregate_seeds, best_line, filter_tags, load_runs
+from cnnlab.runs import aggregate_seeds, ahead_line, best_line, filter_tags, load_runs
+from cnnlab.study_report import study_section
 
 log = logging.getLogger("cnnlab.report")
 
 COLUMNS = ["model", "overrides", "tags", *RESULT_KEYS, "status", "seed", "error", "run"]  # report.csv, full precision
 CONFIG_COLUMNS = [  # report_configs.csv: one row per configuration, full precision; std empty below two seeds
-    *("model", "overrides", "tags", "n", "failed", "seeds", "val_acc_mean", "val_acc_std", "test_acc_mean"),
-    *("test_acc_std", "wall_s_mean", "wall_s_std", "params", "runs"),
+    *("model", "overrides", "tags", "n", "failed", "pruned", "seeds", "val_acc_mean", "val_acc_std", "val_acc_ci95"),
+    *("test_acc_mean", "test_acc_std", "wall_s_mean", "wall_s_std", "params", "runs"),
 ]
 OUTPUTS = ("report.md", "report.csv", "report_configs.csv", "report.png")
 FILTER = re.compile(r"([A-Za-z_][\w.]*)=(.*)", re.DOTALL)  # a ``key=value`` argument of the CLI
@@ -51,7 +52,7 @@ def parse_tags(value: str) -> list[str]:
 def write_csv(rows: list[dict[str, Any]], path: Path, columns: list[str] = COLUMNS) -> None:
     """The rows as CSV, full precision (one row per run, or per configuration with ``CONFIG_COLUMNS``)."""
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=columns)
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomically(path, text.getvalue())
@@ -71,19 +72,33 @@ def write_report(root: Path | str, tags: list[str] | None = None) -> list[dict[s
     if tags:
         rows = filter_tags(rows, tags, root)
     configs = aggregate_seeds(rows)
-    failed = [r for r in rows if r["status"] != "ok"]
+    failed, pruned = not_finished(rows), [r for r in rows if r["status"] == "pruned"]
     tagged = f" tagged {' or '.join(tags)}" if tags else ""
     summary = f"{len(rows)} runs{tagged}" + (f", {len(failed)} failed or incomplete" if failed else "")
+    summary += f", {len(pruned)} pruned (stopped early by the search's pruner)" if pruned else ""
+    ahead = ahead_line(configs)
     write_text_atomically(
         root / "report.md",
         f"# Report: {root}\n\n{summary}, {len(configs)} configurations. Sorted by (mean) validation accuracy, "
         f"the selection metric; test accuracy beside it.\n\n{best_line(configs)}\n\n"
-        f"## Configurations (mean ± std over seeds)\n\n{configs_table(configs)}\n## Runs\n\n{markdown_table(rows)}",
+        f"## Configurations (mean ± std over seeds)\n\n{configs_table(configs)}" + (f"\n{ahead}" if ahead else "")
+        + f"\n## Runs\n\n{markdown_table(rows)}" + study_block(root, rows),
     )
     write_csv(rows, root / "report.csv")
     write_csv(configs, root / "report_configs.csv", CONFIG_COLUMNS)
     plot_report(root, rows, root / "report.png", configs)
     return rows
+
+
+def not_finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs that failed or did not finish (a pruned run finished: its search stopped it)."""
+    return [r for r in rows if r["status"] not in ("ok", "pruned")]
+
+
+def study_block(root: Path, rows: list[dict[str, Any]]) -> str:
+    """The search's study (Pareto front, Optuna's pictures) when ``root`` holds one."""
+    section = study_section(root, rows)
+    return f"\n{section}" if section else ""
 
 
 class ReportAfterSweep(Callback):
@@ -95,7 +110,7 @@ class ReportAfterSweep(Callback):
         configs = aggregate_seeds(rows)
         outputs = ", ".join(str(sweep_dir / name) for name in OUTPUTS)
         log.info("report: %s\n%s\n%s", outputs, configs_table(configs), markdown_table(rows))
-        failed = [r["run"] for r in rows if r["status"] != "ok"]
+        failed = [r["run"] for r in not_finished(rows)]
         if failed:
             log.warning("%d job(s) failed or did not finish: %s (errors in report.md)", len(failed), ", ".join(failed))
         print(best_line(configs), f"report: {sweep_dir / 'report.md'}", sep="\n", flush=True)

@@ -52,7 +52,7 @@ def fmt(value: Any, key: str) -> str:
         return f"{value:,.0f}"
     if key == "wall_s":
         return f"{value:.0f}"
-    if key == "params":
+    if key in ("params", "macs"):
         return f"{value:,}"
     text = error_line(value) if key == "error" else round_floats(str(value))
     return text.replace("|", "\\|")
@@ -97,13 +97,25 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def configs_table(configs: list[dict[str, Any]]) -> str:
-    """The configurations as a markdown table: finished seeds and mean ± std of the accuracies over them."""
+    """The configurations as a markdown table: finished seeds and mean ± std of the accuracies over them (and the
+    validation accuracy's 95% confidence interval where a configuration has two seeds or more)."""
     shared = shared_overrides(configs)
-    headers = ["model", "overrides", "tags", "n", "val acc", "test acc", "wall s", "params"]
+    with_ci = any(c.get("val_acc_ci95") is not None for c in configs)
+    headers = ["model", "overrides", "tags", "n", "val acc", *(["val acc 95% CI"] if with_ci else []), "test acc",
+               "wall s", "params"]  # fmt: skip
     cells = [
         [fmt(c["model"], "model"), differing(c["overrides"], shared), fmt(c["tags"], "tags"), str(c["n"])]
-        + [fmt_mean_std(c[f"{key}_mean"], c[f"{key}_std"]) for key in ("val_acc", "test_acc")]
+        + [fmt_mean_std(c["val_acc_mean"], c["val_acc_std"])]
+        + ([fmt_interval(c["val_acc_mean"], c.get("val_acc_ci95"))] if with_ci else [])
+        + [fmt_mean_std(c["test_acc_mean"], c["test_acc_std"])]
         + [fmt(c["wall_s_mean"], "wall_s"), fmt(c["params"], "params")]
         for c in configs
     ]
     return shared_line(shared, "configurations") + numbered_table(headers, cells)
+
+
+def fmt_interval(mean: float | None, half_width: float | None) -> str:
+    """``[0.808, 0.822]``; nothing below two seeds."""
+    if mean is None or half_width is None:
+        return ""
+    return f"[{mean - half_width:.3f}, {mean + half_width:.3f}]"

@@ -19,8 +19,10 @@ from cnnlab.config import as_dict
 from cnnlab.console import config_log, log_config, print_header, print_summary
 from cnnlab.errors import RunInterrupted
 from cnnlab.guards import interruptions_reported
+from cnnlab.models.walk import layer_rows
 from cnnlab.module import ClassifierModule
 from cnnlab.plan import JobPlan
+from cnnlab.pruning import TrialPruning, trial_pruning
 from cnnlab.rundir import RunRecord, Status, write_record
 from cnnlab.signatures import kept_schemas_warning
 from cnnlab.validate import validate_for_the_run
@@ -43,6 +45,9 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassifierModule, pl
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     callbacks = [c for c in callbacks if c is not None]  # a switched-off callback (ema=null) builds None
+    pruning = trial_pruning()  # a trial of a pruned search reports to it after every epoch
+    if pruning is not None:
+        callbacks.append(pruning)
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
     # Without a terminal (nohup, SLURM, a log file) a progress bar only leaves its last frame: the epoch lines
     # (callbacks.epoch_lines) say the same, one line per epoch.
@@ -63,12 +68,16 @@ def fit_and_test(cfg: DictConfig, plan: JobPlan) -> RunRecord:
     if speed is not None:
         speed.job_start = plan.startup_from
     print_header(cfg, module, trainer)
+    input_shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+    macs = sum(row.mult_adds for row in layer_rows(module.net, input_shape))  # before fit: the net is on the CPU
+    pruning = next((c for c in trainer.callbacks if isinstance(c, TrialPruning)), None)
     tags = [str(tag) for tag in cfg.tags or []]
     try:
         with interruptions_reported(trainer):  # a checkpoint holds tensors and plain data: weights_only loading
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
             fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-            test_results = trainer.test(module, datamodule=datamodule, verbose=False)
+            pruned = pruning is not None and pruning.pruned_after is not None
+            test_results = [] if pruned else trainer.test(module, datamodule=datamodule, verbose=False)
     except RunInterrupted:
         if trainer.is_global_zero:  # resumable: a re-run of its sweep resumes it from last.ckpt
             stopped = RunRecord(status=Status.INTERRUPTED, epochs=trainer.current_epoch, tags=tags,
@@ -77,15 +86,17 @@ def fit_and_test(cfg: DictConfig, plan: JobPlan) -> RunRecord:
         raise
 
     record = final_record(trainer, module, fit_metrics, test_results, wall_s=time.time() - plan.started_at)
-    record.tags = tags
+    record.tags, record.macs = tags, macs
+    if pruned:  # stopped by the search's pruner: its epochs, no test
+        record.status, record.epochs = Status.PRUNED, pruning.pruned_after
     if trainer.is_global_zero:
-        hp_metrics = {f"hp/{k}": getattr(record, k) for k in ("test_acc", "val_acc")}
+        hp_metrics = {f"hp/{k}": getattr(record, k) for k in ("test_acc", "val_acc") if getattr(record, k) is not None}
         for logger in trainer.loggers:  # the HPARAMS tab: the whole config with the run's final metrics
             if isinstance(logger, pl.loggers.TensorBoardLogger):
                 logger.log_hyperparams(run_hparams(cfg), hp_metrics)
             else:  # CSV, MLflow: log_hyperparams takes the params only, the final metrics go in as metrics
                 logger.log_hyperparams(run_hparams(cfg))
-                logger.log_metrics({k: v for k, v in hp_metrics.items() if v is not None}, step=trainer.global_step)
+                logger.log_metrics(hp_metrics, step=trainer.global_step)
             logger.finalize("success")
         write_record(cfg.paths.output_dir, record)
         config_log.info("metrics: %s", json.dumps(record.as_json()))

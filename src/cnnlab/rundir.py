@@ -48,6 +48,7 @@ class Status:
     OK = "ok"  # trained and tested
     FAILED = "failed"  # crashed or refused (its error is in the record): a re-run of the sweep runs it again
     INTERRUPTED = "interrupted"  # stopped by a signal after saving last.ckpt: a re-run resumes it
+    PRUNED = "pruned"  # stopped by a search's pruner after an epoch (last.ckpt kept, not tested): a re-run skips it
 
 
 @dataclass
@@ -55,6 +56,7 @@ class RunRecord:
     """``metrics.json``: a run's results, how long it took, and how it ended."""
 
     params: int | None = None
+    macs: int | None = None  # multiply-adds per example (cnnlab.inspect's count)
     val_acc: float | None = None  # the selection metric: what sweeps maximise and reports rank by
     test_acc: float | None = None
     train_acc: float | None = None
@@ -138,15 +140,15 @@ def add_eval(run_dir: Path | str, ckpt_key: str, result: dict[str, Any]) -> Path
 
 
 def job_state(run_dir: Path) -> str:
-    """What a re-run of the sweep does with this job: ``finished`` (skip it), ``failed`` (run it again from scratch),
-    ``interrupted`` (resume it from its ``last.ckpt``) or ``new`` (run it)."""
+    """What a re-run of the sweep does with this job: ``finished`` (skip it: it ended ok or pruned), ``failed`` (run
+    it again from scratch), ``interrupted`` (resume it from its ``last.ckpt``) or ``new`` (run it)."""
     try:
         record = read_record(run_dir)
     except BadRecord:
         record = None  # cut short by hand or by a full disk: what is on disk decides
     if record is None or record.status == Status.INTERRUPTED:
         return "interrupted" if (run_dir / LAST).is_file() else "new"
-    return "finished" if record.status == Status.OK else "failed"
+    return "finished" if record.status in (Status.OK, Status.PRUNED) else "failed"
 
 
 def runs_with_checkpoint(log_dir: Path, run_name: str) -> list[Path]:

@@ -8,6 +8,7 @@ are reported as usual.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -121,16 +122,50 @@ def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
 
 
 def summarize(model: str, overrides: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One configuration's row: counts, mean ± std of the accuracies over its finished seeds, its runs."""
+    """One configuration's row: counts, mean ± std of the accuracies over its finished seeds (and the validation
+    accuracy's 95% confidence interval), its runs."""
     done = [r for r in runs if r["status"] == "ok" and r["test_acc"] is not None]
-    config = {"model": model, "overrides": overrides, "n": len(done), "failed": len(runs) - len(done)}
+    pruned = sum(r["status"] == "pruned" for r in runs)
+    config = {"model": model, "overrides": overrides, "n": len(done), "failed": len(runs) - len(done) - pruned,
+              "pruned": pruned}  # fmt: skip
     config["tags"] = ",".join(dict.fromkeys(tag for r in runs for tag in row_tags(r)))
     config["seeds"] = ";".join(str(r["seed"]) for r in done if r["seed"] is not None)
     for key in ("test_acc", "val_acc", "wall_s"):
         config[f"{key}_mean"], config[f"{key}_std"] = mean_std([r[key] for r in done])
+    config["val_accs"] = [r["val_acc"] for r in done if r["val_acc"] is not None]
+    config["val_acc_ci95"] = ci95_half_width(config["val_accs"])
     config["params"] = next((r["params"] for r in runs if r["params"] is not None), None)
     config["runs"] = ";".join(r["run"] for r in runs)
     return config
+
+
+def ci95_half_width(values: list[float]) -> float | None:
+    """Half the width of the 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom)."""
+    if len(values) < 2:
+        return None
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
+NOISE_RULE = ("A difference is larger than the noise when Welch's t-test (two-sided, unequal variances) over the "
+              "seeds' validation accuracies gives p < 0.05; CI: the 95% confidence interval of the mean.")  # fmt: skip
+
+
+def ahead_line(configs: list[dict[str, Any]]) -> str:
+    """Whether the best configuration of two or more seeds is ahead of the runner-up by more than the noise."""
+    seeded = sorted((c for c in configs if len(c["val_accs"]) >= 2), key=lambda c: -c["val_acc_mean"])
+    if len(seeded) < 2:
+        return ""
+    from scipy import stats
+
+    best, second = seeded[:2]
+    p = float(stats.ttest_ind(best["val_accs"], second["val_accs"], equal_var=False).pvalue)
+    best_label, second_label = run_labels([best, second])
+    verdict = "larger than the noise" if p < 0.05 else "within the noise: more seeds would tell them apart, or not"
+    return (f"Best against runner-up: {best_label} (val acc {best['val_acc_mean']:.4f}, n={best['n']}) against "
+            f"{second_label} ({second['val_acc_mean']:.4f}, n={second['n']}): Welch's t-test p = {p:.3g}, the "
+            f"difference is {verdict}.\n{NOISE_RULE}\n")  # fmt: skip
 
 
 def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,10 +1,11 @@
-"""cnnlab's Hydra plugins (Hydra takes plugins only from the ``hydra_plugins`` package): Hydra's sweeper and
-launchers, made to survive: an Optuna study that continues, GPUs shared by joblib jobs, quiet SLURM polling.
+"""cnnlab's Hydra plugins (Hydra takes plugins only from the ``hydra_plugins`` package): an Optuna sweeper, and
+Hydra's launchers made to survive: GPUs shared by joblib jobs, quiet SLURM polling.
 
-- ``OptunaSweeper``: Hydra's Optuna sweeper with the study kept in the sweep dir (``sweeps/optuna.yaml``: SQLite).
-  Re-running the sweep in its dir continues the study: finished trials are not repeated, a trial that was
-  running when the sweep stopped runs again in its own job dir (resuming from its ``last.ckpt``), and only the
-  trials still missing from ``hydra.sweeper.n_trials`` are asked for.
+- ``OptunaSweeper`` (``hydra/sweeper=optuna``): cnnlab's search on current Optuna (``cnnlab.sweeper``): trials in
+  flight, pruning, accuracy against cost, the study in the sweep dir. Re-running the sweep in its dir continues the
+  study: finished and pruned trials are not repeated, a trial that was running when the sweep stopped runs again in
+  its own job dir (resuming from its ``last.ckpt``), and only the trials still missing from
+  ``hydra.sweeper.n_trials`` are asked for.
 - ``JoblibLauncher``: Hydra's joblib launcher with ``jobs_per_gpu``, the number of parallel jobs that share one GPU
   (read by ``cnnlab.launch`` in each job, which pins the job to a GPU with a free slot).
 - ``SlurmLauncher``: submitit's SLURM launcher without the warnings of every poll of a cluster that keeps no
@@ -15,68 +16,75 @@ import functools
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.core.config_store import ConfigStore
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn
 from hydra.plugins.search_path_plugin import SearchPathPlugin
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher as HydraJoblibLauncher
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper as HydraOptunaSweeper
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
-
-if TYPE_CHECKING:  # Hydra imports every plugin module when it starts: optuna only when a sweep uses it
-    import optuna
-    from optuna.trial import FrozenTrial
+from omegaconf import MISSING, DictConfig
 
 log = logging.getLogger("cnnlab.plugins")
 
 
-class OptunaSweeper(HydraOptunaSweeper):
-    """Hydra's Optuna sweeper whose study, kept in persistent storage, is continued when the sweep runs again."""
+class OptunaSweeper(Sweeper):
+    """cnnlab's Optuna search (``cnnlab.sweeper``): trials in flight, pruned after any epoch, one objective or
+    accuracy against cost, the study kept in the sweep dir so that a stopped search continues."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def sweep(self, arguments: list[str]) -> None:
-        import optuna
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-        from optuna.trial import TrialState
+        from cnnlab.sweeper import sweep  # optuna: imported when a search runs, not at Hydra's plugin scan
 
-        impl = self.sweeper
-        if impl.storage and str(impl.storage).startswith("sqlite:///"):
-            Path(str(impl.sweep_dir)).mkdir(parents=True, exist_ok=True)  # the study's file lives there
-        study = optuna.create_study(
-            study_name=impl.study_name, storage=impl.storage, directions=impl._get_directions(), load_if_exists=True
-        )
-        stopped = [t for t in study.trials if t.state == TrialState.RUNNING]
-        if study.trials:
-            log.info("study %s holds %d trials (%d stopped while running): continuing it", study.study_name,
-                     len(study.trials), len(stopped))  # fmt: skip
-        if stopped:
-            impl._process_searchspace_config()
-            _, fixed = create_params_from_overrides(impl._parse_sweeper_params_config() + list(arguments))
-            for trial in stopped:
-                rerun_trial(study, trial, fixed, impl.launcher)
-        impl.job_idx = len(study.trials)  # job numbers follow trial numbers: each trial keeps its job dir
-        impl.n_trials = max(0, impl.n_trials - len(study.trials))
-        if impl.n_trials == 0:
-            log.info("the study has its %d trials: nothing left to run", len(study.trials))
-        impl.sweep(arguments)
+        sweep(self.config.hydra.sweeper, self.config, self.launcher, arguments)
 
 
-def rerun_trial(study: "optuna.Study", trial: "FrozenTrial", fixed: dict[str, Any], launcher: Any) -> None:
-    """Run a trial that a stopped sweep left running, with its parameters, in its own job dir; tell the study."""
-    from optuna.trial import TrialState
+@dataclass
+class OptunaSweeperConf:
+    """``hydra/sweeper=optuna``: the settings of ``sweeps/optuna.yaml`` (``hydra/sweeper/sampler``: tpe, random,
+    grid, nsgaii)."""
 
-    overrides = [f"{name}={value}" for name, value in {**trial.params, **fixed}.items()]
-    log.info("trial %d was running when the sweep stopped: running it again (%s)", trial.number, " ".join(overrides))
-    (result,) = launcher.launch([overrides], initial_job_idx=trial.number)
-    value = result.return_value if result.status == JobStatus.COMPLETED else None
-    if value is None:
-        study.tell(trial.number, state=TrialState.FAIL)
-    else:
-        study.tell(trial.number, float(value))
+    _target_: str = f"{OptunaSweeper.__module__}.{OptunaSweeper.__qualname__}"
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
+    sampler: Any = MISSING
+    direction: str = "maximize"  # of the validation accuracy, the first objective
+    objectives: list[str] = field(default_factory=lambda: ["val_acc"])  # then macs and/or params, minimised
+    pruner: str = "none"  # median, percentile, hyperband, successive_halving, threshold, patient or none
+    pruner_args: Any = None  # the pruner's arguments by Optuna's names: {n_startup_trials: 4, n_warmup_steps: 1}
+    storage: Any = None  # null: in memory (no pruning, no resume)
+    study_name: str | None = None
+    n_trials: int = 20
+    n_jobs: int = 1  # trials in flight at once (with a parallel launcher: joblib, SLURM)
+    params: dict[str, str] | None = None  # the search space, in Hydra's override syntax
+
+
+SAMPLERS = {  # hydra/sweeper/sampler=<name>: Optuna's samplers, seeded (hydra.sweeper.sampler.seed)
+    "tpe": {"_target_": "optuna.samplers.TPESampler", "seed": None, "multivariate": False, "constant_liar": False},
+    "random": {"_target_": "optuna.samplers.RandomSampler", "seed": None},
+    "grid": {"_target_": "optuna.samplers.GridSampler", "seed": None},
+    "nsgaii": {"_target_": "optuna.samplers.NSGAIISampler", "seed": None, "population_size": 50},
+}
+
+
+def store_sweeper() -> None:
+    store = ConfigStore.instance()
+    store.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="cnnlab")
+    for name, node in SAMPLERS.items():
+        store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="cnnlab")
 
 
 class QuietSacctPolls(logging.Filter):
@@ -161,3 +169,4 @@ class JoblibLauncherEntry(SearchPathPlugin):
 
 
 store_joblib_launcher()
+store_sweeper()

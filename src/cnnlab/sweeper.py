@@ -1,0 +1,201 @@
+"""cnnlab's Optuna search, on Optuna's ask-and-tell API: ``hydra_plugins.cnnlab_plugins.plugins.OptunaSweeper``
+runs this (``sweeps/optuna.yaml``, ``sweeps/search.yaml``).
+
+- Trials stay in flight: with ``hydra.sweeper.n_jobs=k`` (and a parallel launcher: joblib, SLURM) k trials run at
+  once, and the next is asked for the moment one ends, so no slot waits for the slowest of a batch.
+- Each trial is one job whose number is the trial's: a job finds its trial through the study's storage
+  (``cnnlab.pruning``), on this machine or another, and reports its validation accuracy after every epoch; the
+  pruner (``hydra.sweeper.pruner``) may stop it there.
+- A trial is told what its job's ``metrics.json`` says: complete (with its objectives: validation accuracy, and
+  multiply-adds or parameters for a search of accuracy against cost), pruned or failed.
+- The study lives in the sweep dir: running the sweep again (``python -m cnnlab.resume``) keeps its finished,
+  pruned and failed trials, runs the trials that were running again in their own job dirs, and asks only for the
+  trials still missing from ``n_trials``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from cnnlab import study as studies
+from cnnlab.errors import ConfigError
+from cnnlab.rundir import RunRecord, Status, read_record
+
+log = logging.getLogger("cnnlab.sweeper")
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+class Search:
+    """One search: its study (and the pruning study beside a multi-objective one), space, sampler and launcher."""
+
+    def __init__(self, sweeper: DictConfig, config: DictConfig, launcher: Any, arguments: Sequence[str]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab's log says what happens to each trial
+        self.settings = studies.settings(sweeper)
+        params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+        self.space, self.fixed = studies.search_space([*params, *arguments])
+        clash = sorted(set(self.space) & set(self.fixed))
+        if clash:
+            raise ConfigError(f"{clash[0]} is both searched and fixed; give it once.")
+        self.n_trials = int(sweeper.n_trials)
+        self.sampler = self.build_sampler(sweeper.get("sampler") or {})
+        self.launcher = launcher
+        parallel = str(config.hydra.launcher.get("_target_", "")) != BASIC_LAUNCHER
+        self.slots = max(1, int(sweeper.get("n_jobs") or 1)) if parallel else 1
+        storage = self.settings.storage
+        if storage and str(storage).startswith("sqlite:///"):
+            Path(str(storage).removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.storage = studies.open_storage(storage)
+        multi = len(self.settings.objectives) > 1
+        pruner = studies.build_pruner(self.settings)
+        self.study = optuna.create_study(
+            study_name=self.settings.study_name, storage=self.storage, sampler=self.sampler,
+            directions=self.settings.directions, pruner=None if multi else pruner, load_if_exists=True,
+        )  # fmt: skip
+        self.study.set_user_attr("cnnlab.objectives", list(self.settings.objectives))
+        self.pruning = None
+        if multi and self.settings.prunes:
+            self.pruning = optuna.create_study(
+                study_name=self.settings.pruning_study_name, storage=self.storage, direction="maximize",
+                pruner=pruner, load_if_exists=True,
+            )  # fmt: skip
+
+    def build_sampler(self, cfg: Any) -> optuna.samplers.BaseSampler:
+        """The sampler of ``hydra/sweeper/sampler`` (its ``_target_``: one of Optuna's), seeded as configured."""
+        from hydra.utils import instantiate
+
+        spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        target = str(spec.get("_target_", "optuna.samplers.TPESampler"))
+        if not target.startswith("optuna.samplers."):
+            raise ConfigError(f"hydra.sweeper.sampler._target_={target}: one of optuna.samplers' classes is wanted.")
+        sampler_cls = getattr(optuna.samplers, target.rsplit(".", 1)[1], None)
+        if sampler_cls is None:
+            raise ConfigError(f"hydra.sweeper.sampler._target_={target} is not a sampler of optuna.samplers.")
+        args = {k: v for k, v in spec.items() if not k.startswith("_")}
+        studies.check_arguments(f"the sampler {target}", sampler_cls, args, "hydra.sweeper.sampler")
+        if sampler_cls is optuna.samplers.GridSampler:
+            grid = studies.grid_choices(self.space)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+            return optuna.samplers.GridSampler(grid, **args)
+        return instantiate({"_target_": target, **args})
+
+    # ---- the loop ----------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Rerun the trials a stopped sweep left running, then keep ``slots`` trials in flight up to ``n_trials``."""
+        trials = [t for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]  # not enqueued
+        stopped = [t for t in trials if t.state == TrialState.RUNNING]
+        if trials:
+            log.info("study %s holds %d trials (%d stopped while running): continuing it", self.study.study_name,
+                     len(trials), len(stopped))  # fmt: skip
+        to_ask = max(0, self.n_trials - len(trials))
+        if not to_ask and not stopped:
+            log.info("the study has its %d trials: nothing left to run", len(trials))
+        with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="cnnlab-trial") as pool:
+            in_flight: dict[Future[JobReturn], int] = {}
+            queue = list(stopped)
+            while queue or to_ask or in_flight:
+                while len(in_flight) < self.slots and (queue or to_ask):
+                    if queue:
+                        number, overrides = self.rerun(queue.pop(0))
+                    else:
+                        number, overrides = self.ask()
+                        to_ask -= 1
+                    in_flight[pool.submit(self.launch, number, overrides)] = number
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self.tell(in_flight.pop(future), future)
+        self.write_results()
+
+    def ask(self) -> tuple[int, list[str]]:
+        trial = self.study.ask(self.space)
+        if self.pruning is not None:  # its reports go to a trial of the pruning study
+            trial.set_user_attr(studies.PRUNING_TRIAL_ATTR, self.pruning.ask().number)
+        return trial.number, studies.trial_overrides(trial.params, self.fixed)
+
+    def rerun(self, trial: FrozenTrial) -> tuple[int, list[str]]:
+        overrides = studies.trial_overrides(trial.params, self.fixed)
+        log.info("trial %d was running when the sweep stopped: running it again (%s)", trial.number,
+                 " ".join(overrides))  # fmt: skip
+        return trial.number, overrides
+
+    def launch(self, number: int, overrides: list[str]) -> JobReturn:
+        (result,) = self.launcher.launch([overrides], initial_job_idx=number)
+        return result
+
+    def tell(self, number: int, future: Future[JobReturn]) -> None:
+        """Tell the study how trial ``number`` ended, from its job's record."""
+        try:
+            result = future.result()
+        except Exception as err:  # the launcher itself failed (a lost SLURM job): the trial failed
+            log.warning("trial %d: its job did not come back (%s: %s)", number, type(err).__name__, err)
+            result = None
+        record = job_record(result)
+        trial = self.study.get_trials(deepcopy=False)[number]
+        pruning_number = trial.user_attrs.get(studies.PRUNING_TRIAL_ATTR)
+        values = None
+        if record is None or record.status not in (Status.OK, Status.PRUNED):
+            state = TrialState.FAIL
+        elif record.status == Status.PRUNED:
+            state = TrialState.PRUNED
+        else:
+            values = [getattr(record, name) for name in self.settings.objectives]
+            state = TrialState.COMPLETE if all(v is not None for v in values) else TrialState.FAIL
+        # a pruned trial's value is its last report (Optuna's rule), a failed one has none
+        self.study.tell(number, values if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
+        if self.pruning is not None and pruning_number is not None:
+            accuracy = record.val_acc if record is not None else None
+            final = state if state != TrialState.COMPLETE or accuracy is not None else TrialState.FAIL
+            self.pruning.tell(pruning_number, [accuracy] if final == TrialState.COMPLETE else None, state=final,
+                              skip_if_finished=True)  # fmt: skip
+        if state == TrialState.PRUNED:
+            log.info("trial %d pruned after %s epochs", number, record.epochs)
+
+    def write_results(self) -> None:
+        """``optimization_results.yaml`` in the sweep dir, as Hydra's Optuna sweeper writes it."""
+        sweep_dir = Path(str(self.launcher.config.hydra.sweep.dir))
+        completed = [t for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if not completed:
+            log.warning("no trial completed: no best parameters")
+            return
+        if len(self.settings.objectives) == 1:
+            best = self.study.best_trial
+            results = {"name": "optuna", "best_params": {**best.params, **self.fixed}, "best_value": best.value}
+            log.info("best trial %d: %s (val acc %.4f)", best.number, best.params, best.value)
+        else:
+            results = {"name": "optuna", "solutions": [{"number": t.number, "params": t.params, "values": t.values}
+                                                       for t in self.study.best_trials]}  # fmt: skip
+            log.info("Pareto front: %d trials (%s)", len(self.study.best_trials),
+                     ", ".join(str(t.number) for t in self.study.best_trials))  # fmt: skip
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+def job_record(result: JobReturn | None) -> RunRecord | None:
+    """The record a trial's job wrote (None when the job came back without one)."""
+    if result is None or result.status != JobStatus.COMPLETED or result.hydra_cfg is None:
+        return None
+    try:
+        return read_record(result.hydra_cfg.hydra.runtime.output_dir)
+    except Exception:  # unreadable: the trial failed; the report names the file
+        return None
+
+
+def sweep(sweeper: DictConfig, config: DictConfig, launcher: Any, arguments: Sequence[str]) -> None:
+    """Run the search; a bad setting is one ``cnnlab: error:`` line, exit status 2, before any trial runs."""
+    try:
+        search = Search(sweeper, config, launcher, arguments)
+    except ConfigError as err:
+        print(f"cnnlab: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    search.run()

@@ -1,0 +1,190 @@
+"""cnnlab's Optuna search: the search space, pruning (the study, the record, a resume), trials kept in flight, the
+Pareto front of a 2-objective search, and one-line errors for bad settings."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from cnnlab import study as studies
+from cnnlab.errors import ConfigError
+from conftest import TINY_OVERRIDES, run_cli
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# fixed beside sweep=optuna's space: every trial learns (none diverges), only what a test sweeps varies
+FIXED = ["optimizer=sgd", "optimizer.lr=0.1", "data.batch_size=16", "model.conv_channels=[6,16]",
+         "model.activation=relu", "model.pool=avg"]  # fmt: skip
+
+
+def search(tmp_path: Path, data_dir: Path, *overrides: str, sweep_dir: Path | None = None):
+    """``cnnlab.train -m sweep=optuna`` on tiny data; its output and its sweep dir."""
+    sweep_dir = sweep_dir or tmp_path / "sweep"
+    result = run_cli("cnnlab.train", "-m", "sweep=optuna", *FIXED,
+                     *TINY_OVERRIDES, *overrides, f"paths.data_dir={data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
+                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # fmt: skip
+    return result, sweep_dir
+
+
+def load(sweep_dir: Path, name: str = "lenet") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{sweep_dir}/optuna.db")
+
+
+def records(sweep_dir: Path) -> dict[int, dict]:
+    return {int(p.parent.name.split("_")[0]): json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")}
+
+
+def test_the_search_space_keeps_hydras_optuna_syntax():
+    space, fixed = studies.search_space([
+        "optimizer=choice(sgd, adam)", "optimizer.lr=tag(log, interval(0.001, 1.0))",
+        "data.batch_size=range(64, 257, 64)", "model.dropout=interval(0.0, 0.5)", "trainer.max_epochs=3",
+        "model.pool=choice(avg, max)", "model.pool=max",
+    ])  # fmt: skip
+    assert space == {
+        "optimizer": CategoricalDistribution(["sgd", "adam"]),
+        "optimizer.lr": FloatDistribution(0.001, 1.0, log=True),
+        "data.batch_size": IntDistribution(64, 256, step=64),  # range's stop excluded, as in a Hydra grid
+        "model.dropout": FloatDistribution(0.0, 0.5),
+    }
+    assert fixed == {"trainer.max_epochs": "3", "model.pool": "max"}  # the later override of a key wins
+    grid = studies.grid_choices({"data.batch_size": space["data.batch_size"]})
+    assert grid == {"data.batch_size": [64, 128, 192, 256]}
+    with pytest.raises(ConfigError, match=r"cannot be parsed: optimizer.lr=interval\(1.0, 0.1\)"):
+        studies.search_space(["optimizer.lr=interval(1.0, 0.1)"])
+
+
+@pytest.mark.slow
+def test_a_trial_under_the_threshold_is_pruned_after_its_first_epoch_and_not_run_again(tmp_path, tiny_data_dir):
+    overrides = ["hydra.sweeper.n_trials=2", "trainer.max_epochs=3", "hydra.sweeper.pruner=threshold",
+                 "hydra.sweeper.pruner_args={lower: 1.01}"]  # fmt: skip  (no accuracy reaches 1.01)
+    result, sweep_dir = search(tmp_path, tiny_data_dir, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(sweep_dir)
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [0] for t in study.trials)  # one report: after the first epoch
+    for number, record in records(sweep_dir).items():
+        assert record["status"] == "pruned" and record["epochs"] == 1 and record["test_acc"] is None, number
+        assert record["macs"] > 0 and record["params"] > 0
+        job = next(sweep_dir.glob(f"{number}_*"))
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+    report = (sweep_dir / "report.md").read_text()
+    assert "2 pruned (stopped early by the search's pruner)" in report and "failed" not in report.split("\n")[2]
+    assert "| pruned |" in report and "2 trials: 0 complete, 2 pruned, 0 failed." in report
+
+    # a sweep stopped with a trial running: that trial runs again in its own job dir, the pruned ones do not
+    trial = study.ask({"optimizer.lr": FloatDistribution(0.0003, 1.0, log=True), "data.batch_size":
+                       CategoricalDistribution([64, 128, 256, 512]), "model.activation": CategoricalDistribution(
+                       ["sigmoid", "relu", "tanh", "gelu"]), "model.pool": CategoricalDistribution(["avg", "max"])})
+    pruned_files = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("[01]_*/metrics.json")}
+    result, _ = search(tmp_path, tiny_data_dir, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"trial {trial.number} was running when the sweep stopped: running it again" in result.stdout
+    assert "[W " not in result.stderr and "[I " not in result.stderr  # Optuna's own log lines stay out
+    assert [t.state for t in load(sweep_dir).trials] == [TrialState.PRUNED] * 3  # 3 trials: none asked anew
+    assert {p: p.stat().st_mtime_ns for p in pruned_files} == pruned_files
+    assert records(sweep_dir)[2]["status"] == "pruned"
+
+
+def job_times(sweep_dir: Path) -> dict[int, tuple[float, float]]:
+    """Each job's start (its Hydra record written) and end (its metrics.json written), by job number."""
+    times = {}
+    for job in sweep_dir.glob("[0-9]*_*"):
+        times[int(job.name.split("_")[0])] = ((job / ".hydra" / "config.yaml").stat().st_mtime,
+                                              (job / "metrics.json").stat().st_mtime)  # fmt: skip
+    return times
+
+
+@pytest.mark.slow
+def test_with_two_jobs_the_next_trial_starts_when_a_short_one_ends(tmp_path, tiny_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    study = optuna.create_study(study_name="lenet", storage=f"sqlite:///{sweep_dir}/optuna.db", direction="maximize")
+    for epochs in (150, 1, 1, 1):  # trial 0 is long: trials 2 and 3 start while it trains
+        study.enqueue_trial({"trainer.max_epochs": epochs})
+    overrides = ["hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2", "trainer.max_epochs=choice(1,150)"]  # fmt: skip
+    result, _ = search(tmp_path, tiny_data_dir, *overrides, sweep_dir=sweep_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [t.params["trainer.max_epochs"] for t in load(sweep_dir).trials] == [150, 1, 1, 1]
+    times = job_times(sweep_dir)
+    assert times[2][0] < times[0][1] and times[3][0] < times[0][1], times  # batches of 2 would wait for trial 0
+
+
+@pytest.mark.slow
+def test_a_two_objective_search_reports_its_pareto_front(tmp_path, tiny_data_dir):
+    overrides = ["hydra.sweeper.n_trials=5", "hydra.sweeper.objectives=[val_acc,macs]", "hydra/sweeper/sampler=random",
+                 "hydra.sweeper.sampler.seed=3", "model.conv_channels=choice([2,4],[6,16],[16,32])",
+                 "hydra.sweeper.pruner=median"]  # fmt: skip
+    result, sweep_dir = search(tmp_path, tiny_data_dir, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(sweep_dir)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 5  # median pruning reports to the study beside it: no trial is refused
+    assert len(load(sweep_dir, "lenet-pruning").trials) == 5
+    report = (sweep_dir / "report.md").read_text()
+    table = report.split("### Pareto front")[1]
+    rows = [line.split(" | ") for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
+    front = [study.trials[int(r[0].strip("| "))] for r in rows]
+    assert [(float(r[2]), int(r[3].replace(",", ""))) for r in rows] == [
+        (pytest.approx(t.values[0], abs=5e-4), int(t.values[1])) for t in front]  # fmt: skip
+    assert len(front) == len(study.best_trials)
+    for best in front:  # no trial is as good in both and better in one
+        acc, macs = best.values
+        assert not any(t.values[0] >= acc and t.values[1] <= macs and (t.values[0] > acc or t.values[1] < macs)
+                       for t in complete)  # fmt: skip
+    assert (sweep_dir / "pareto.png").stat().st_size > 10_000 and "![Pareto front](pareto.png)" in report
+    assert (sweep_dir / "optuna-history.png").is_file() and "optimisation history" in report
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("hydra.sweeper.pruner=medain", "hydra.sweeper.pruner=medain is not one of none, median, percentile"),
+        ("hydra.sweeper.objectives=[val_acc,flops]", "hydra.sweeper.objectives=['val_acc', 'flops']: the first is "),
+        ("hydra.sweeper.pruner_args={n_warmup: 1}", "hydra.sweeper.pruner_args: n_warmup is not an argument of "
+                                                    "hydra.sweeper.pruner=median (MedianPruner: n_startup_trials"),
+        ("hydra.sweeper.objectives=[val_acc,macs]", "hydra.sweeper.pruner=hyperband cannot prune a search of several"),
+        ("optimizer.lr=interval(0.1)", "optimizer.lr=interval(0.1) cannot be parsed: TypeError while evaluating "
+                                       "'interval(0.1)': missing a required argument: 'end'"),
+        ("optimizer.lr=interval(0.5,0.1)", "the search space cannot be parsed: optimizer.lr=interval(0.5,0.1) (an "
+                                           "interval (low, high), low < high)"),
+    ],
+)
+def test_a_bad_search_setting_is_one_line_before_any_trial(tmp_path, tiny_data_dir, override, message):
+    pruner = "hyperband" if "objectives=[val_acc,macs]" in override else "median"
+    result, sweep_dir = search(tmp_path, tiny_data_dir, f"hydra.sweeper.pruner={pruner}", override)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"cnnlab: error: {message}"), last
+    assert not list(sweep_dir.glob("*/metrics.json")) and not list(sweep_dir.glob("[0-9]*"))
+
+
+def test_a_pruned_record_is_a_finished_job(tmp_path):
+    from cnnlab.rundir import RunRecord, Status, job_state, write_record
+
+    write_record(tmp_path, RunRecord(status=Status.PRUNED, epochs=1, val_acc=0.1))
+    assert job_state(tmp_path) == "finished"  # a resumed sweep skips it; the study says PRUNED (tests above)
+
+
+@pytest.mark.slow
+def test_under_ddp_rank_0_asks_and_both_ranks_stop_after_the_same_epoch(tmp_path, tiny_data_dir):
+    from test_ddp import DDP_OVERRIDES
+
+    overrides = ["hydra.sweeper.n_trials=1", "hydra.sweeper.pruner=threshold",
+                 "hydra.sweeper.pruner_args={lower: 1.01}", *DDP_OVERRIDES, "trainer.max_epochs=3"]  # fmt: skip
+    result, sweep_dir = search(tmp_path, tiny_data_dir, *overrides)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (trial,) = load(sweep_dir).trials
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]  # one report, from rank 0
+    (record,) = records(sweep_dir).values()
+    assert record["status"] == "pruned" and record["epochs"] == 1
+    log = next(sweep_dir.glob("0_*/train.log")).read_text()
+    assert "epoch 2/3" not in log and "Traceback" not in log  # neither rank trained a second epoch
