@@ -341,3 +341,36 @@ def test_a_metrics_json_that_is_not_json_is_named_and_the_other_runs_reported(tm
     assert len(named) == 1 and "not valid JSON" in named[0], result.stderr
     rows = list(csv.DictReader(open(root / "report.csv")))
     assert [(r["model"], r["status"]) for r in rows] == [("lenet", "ok"), ("lenet_k3", "unreadable")]
+
+
+@pytest.mark.parametrize(
+    ("best", "second", "verdict"),
+    [([0.80, 0.81, 0.82], [0.70, 0.71, 0.72], "larger than the noise"),
+     ([0.80, 0.83, 0.82], [0.81, 0.79, 0.82], "within the noise")],
+)  # fmt: skip
+def test_the_best_against_the_runner_up_is_welchs_t_test_with_each_mean_s_95_ci(tmp_path, best, second, verdict):
+    from scipy import stats
+
+    root = tmp_path / "multirun" / "2025-01-06_00-00-00_000000"
+    for lr, accs in (("0.1", best), ("0.01", second)):
+        for seed, acc in enumerate(accs, 1):
+            fake_run(root, f"{lr}_{seed}", "lenet", f"optimizer.lr={lr},seed={seed}", scored(acc, acc), seed=seed)
+    write_report(root)
+    report = (root / "report.md").read_text()
+    p = stats.ttest_ind(best, second, equal_var=False).pvalue
+    assert f"Welch's t-test p = {p:.3g}, the difference is {verdict}" in report
+    assert "gives p < 0.05; CI: the 95% confidence interval of the mean." in report
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(best) / 3**0.5
+    mean = statistics.mean(best)
+    assert f"| [{mean - half:.3f}, {mean + half:.3f}] |" in report.split("## Runs")[0]
+    with open(root / "report_configs.csv") as f:
+        assert float(next(csv.DictReader(f))["val_acc_ci95"]) == pytest.approx(half)
+
+
+def test_one_seed_per_configuration_has_no_interval_and_no_test(tmp_path):
+    root = tmp_path / "multirun" / "2025-01-07_00-00-00_000000"
+    fake_run(root, "0", "lenet", "model=lenet", scored(0.80, 0.80))
+    fake_run(root, "1", "lenet_bn", "model=lenet_bn", scored(0.85, 0.85))
+    write_report(root)
+    report = (root / "report.md").read_text()
+    assert "95% CI" not in report and "Welch" not in report

@@ -52,6 +52,9 @@ def test_a_progress_line_says_the_result_and_the_time_left():
     expected = "[11/11] x=1: failed (SGD: invalid momentum), 1 s (sweep 30 s)"
     assert progress_line(11, 11, "x=1", failed, 30.0, 1) == expected
     assert progress_line(2, None, "x=1", RunRecord(test_acc=0.5), 10.0, 0) == "[2] x=1: test acc 0.500 (sweep 10 s)"
+    pruned = RunRecord(status="pruned", epochs=1, val_acc=0.1023, wall_s=4.0)
+    expected = "[4/8] x=2: pruned after 1 epoch, val acc 0.102, 4 s (sweep 20 s, about 20 s left)"
+    assert progress_line(4, 8, "x=2", pruned, 20.0, 4) == expected
 
 
 def test_jobs_that_finished_before_a_resume_are_counted_and_reruns_printed(tmp_path, capsys):

@@ -59,7 +59,9 @@ def describe(annotation: Any) -> str:
         return "Tensor"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        members = list(dict.fromkeys(describe(a) for a in args))
+        # in one order whatever the process: typing caches equal unions (int | float is float | int), so the
+        # order of their args is that of whichever was made first, which depends on what was imported before
+        members = sorted(set(describe(a) for a in args), key=lambda m: (m == "None", m))
         return "Any" if "Any" in members else " | ".join(members)
     if origin is typing.Literal:
         return f"Literal[{', '.join(repr(a) for a in args)}]"

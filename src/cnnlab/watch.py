@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.rundir import METRICS, BadRecord, RunRecord, job_state, read_record
+from cnnlab.rundir import METRICS, BadRecord, RunRecord, Status, job_state, read_record
 
 POLL_S = 1.0
 
@@ -61,7 +61,10 @@ def minutes(seconds: float) -> str:
 def progress_line(done: int, total: int | None, label: str, record: RunRecord, elapsed: float,
                   finished_here: int) -> str:  # fmt: skip
     """``[3/11] model=lenet_k3: test acc 0.801, 82 s (sweep 4 min, about 11 min left)``."""
-    if record.status != "ok":
+    if record.status == Status.PRUNED:  # stopped by the search's pruner: its last validation accuracy
+        val = f", val acc {record.val_acc:.3f}" if isinstance(record.val_acc, float) else ""
+        result = f"pruned after {record.epochs} epoch{'s' if record.epochs != 1 else ''}{val}"
+    elif record.status != "ok":
         error = str(record.error or "").strip()
         result = f"{record.status} ({error.splitlines()[0][:100]})" if error else record.status
     else:

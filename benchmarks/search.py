@@ -1,0 +1,167 @@
+"""What pruning and in-flight trials save: the same search twice on the real Fashion-MNIST, then idle slots.
+
+    python benchmarks/search.py [--data-dir /tmp/cnnlab-data] [--trials 24] [--part pruning|slots|both]
+
+1. Pruning: ``sweep=search`` (the recommended search: TPE seeded, accuracy against multiply-adds) with 24 trials of up
+   to 10 epochs, once with ``hydra.sweeper.pruner=none`` and once with the recommended pruner (successive halving),
+   two trials in flight (joblib). Epochs are shortened (``limit_train_batches``) so that the unpruned search takes
+   minutes here. Prints, for each: epochs trained in all, wall time, the best trial's val and test accuracy.
+   Goals: the pruned search trains <= 1/3 of the epochs, in <= 0.4x the wall time, its best val acc within 0.005.
+2. Slots: 8 trials of unequal length (enqueued: 2 to 12 epochs), ``n_jobs=2``, run in batches of two (how Hydra's
+   Optuna sweeper runs them: a batch waits for its slowest trial) and kept in flight (cnnlab's sweeper): the idle
+   slot-seconds of each, from the jobs' start and end times.
+
+Exits 1 when a goal is missed. Run it with nothing else running: timings on a shared machine are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import optuna
+
+from cnnlab import sweeper as cnnlab_sweeper
+
+EPOCHS = 10
+SHORT_EPOCHS = ["data.batch_size=128", "trainer.limit_train_batches=20", "data.val_size=2000"]
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
+UNEQUAL = [2, 12, 4, 10, 6, 2, 8, 4]  # epochs of the slots measurement's trials
+
+
+class BatchedSearch(cnnlab_sweeper.Search):  # enqueued (waiting) trials are asked in turn
+    """Trials in batches of ``slots``: ask a batch, run it, wait for all of it, tell (Hydra's Optuna sweeper)."""
+
+    def run(self) -> None:
+        with ThreadPoolExecutor(max_workers=self.slots) as pool:
+            left = self.n_trials - sum(t.state != optuna.trial.TrialState.WAITING for t in self.study.trials)
+            while left > 0:
+                batch = [self.ask() for _ in range(min(self.slots, left))]
+                futures = [(number, pool.submit(self.launch, number, overrides)) for number, overrides in batch]
+                for _, future in futures:  # the batch's slowest trial decides when the next batch starts
+                    future.result()
+                for number, future in futures:
+                    self.tell(number, future)
+                left -= len(batch)
+
+
+# Hydra takes a sweeper only from a module of the hydra_plugins package: this one, written where the sweep finds it.
+BATCHED_PLUGIN = '''from hydra_plugins.cnnlab_plugins.plugins import OptunaSweeper
+from search import BatchedSearch  # benchmarks/search.py
+
+
+class BatchedOptunaSweeper(OptunaSweeper):
+    def sweep(self, arguments):
+        BatchedSearch(self.config.hydra.sweeper, self.config, self.launcher, arguments).run()
+'''
+
+
+def sweep(sweep_dir: Path, overrides: list[str], cwd: Path) -> float:
+    """Run ``cnnlab.train -m overrides`` into ``sweep_dir``; its wall time."""
+    start = time.perf_counter()
+    plugin = cwd / "plugins" / "hydra_plugins" / "cnnlab_batched_sweeper.py"  # Hydra takes sweepers from there only
+    plugin.parent.mkdir(parents=True, exist_ok=True)
+    plugin.write_text(BATCHED_PLUGIN)
+    paths = (str(plugin.parent.parent), str(Path(__file__).parent), os.environ.get("PYTHONPATH"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cnnlab.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    if result.returncode != 0:
+        sys.exit(f"the sweep failed:\n{result.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def records(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+
+
+def pruning(data_dir: str, trials: int, cwd: Path) -> bool:
+    rows = {}
+    for pruner in ("none", "successive_halving"):
+        sweep_dir = cwd / f"search-{pruner}"
+        overrides = ["sweep=search", f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.pruner={pruner}",
+                     "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
+                     f"trainer.max_epochs={EPOCHS}", *SHORT_EPOCHS, *QUIET, f"paths.data_dir={data_dir}",
+                     f"paths.log_dir={cwd / 'logs'}"]  # fmt: skip
+        wall = sweep(sweep_dir, overrides, cwd)
+        done = records(sweep_dir)
+        best = max((r for r in done if r["status"] == "ok"), key=lambda r: r["val_acc"])
+        rows[pruner] = {"epochs": sum(r["epochs"] or 0 for r in done), "wall_s": wall, "val": best["val_acc"],
+                        "test": best["test_acc"], "pruned": sum(r["status"] == "pruned" for r in done),
+                        "failed": sum(r["status"] not in ("ok", "pruned") for r in done)}  # fmt: skip
+    print(f"\n{trials} trials of up to {EPOCHS} epochs ({' '.join(SHORT_EPOCHS)}), 2 in flight:")
+    print("| pruner | trials pruned | epochs trained | wall time | best val acc | its test acc |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for pruner, r in rows.items():
+        print(f"| {pruner} | {r['pruned']} of {trials} | {r['epochs']} | {r['wall_s']:.0f} s | {r['val']:.4f} | "
+              f"{r['test']:.4f} |")  # fmt: skip
+    base, pruned = rows["none"], rows["successive_halving"]
+    epochs, wall = pruned["epochs"] / base["epochs"], pruned["wall_s"] / base["wall_s"]
+    gap = base["val"] - pruned["val"]
+    goals = [("epochs", epochs, epochs <= 1 / 3, "<= 1/3"), ("wall time", wall, wall <= 0.4, "<= 0.4x"),
+             ("best val acc below the unpruned", gap, gap <= 0.005, "<= 0.005")]  # fmt: skip
+    for what, value, met, goal in goals:
+        print(f"{what}: {value:.3f} (goal {goal}): {'met' if met else 'MISSED'}")
+    return all(met for _, _, met, _ in goals)
+
+
+def job_times(sweep_dir: Path) -> list[tuple[float, float]]:
+    """Each job's start (its dir made) and end (its record written)."""
+    return [((job / ".hydra").stat().st_mtime, (job / "metrics.json").stat().st_mtime)
+            for job in sweep_dir.iterdir() if (job / "metrics.json").is_file()]  # fmt: skip
+
+
+def slots(data_dir: str, cwd: Path) -> bool:
+    idle = {}
+    for mode, target in (("batches of 2", "hydra_plugins.cnnlab_batched_sweeper.BatchedOptunaSweeper"),
+                         ("in flight", "hydra_plugins.cnnlab_plugins.plugins.OptunaSweeper")):  # fmt: skip
+        sweep_dir = cwd / f"slots-{mode.split()[0]}"
+        sweep_dir.mkdir()
+        storage = f"sqlite:///{sweep_dir}/optuna.db"
+        study = optuna.create_study(study_name="lenet", storage=storage, direction="maximize")
+        for epochs in UNEQUAL:
+            study.enqueue_trial({"trainer.max_epochs": epochs})
+        overrides = ["sweep=optuna", f"hydra.sweeper._target_={target}", f"hydra.sweeper.n_trials={len(UNEQUAL)}",
+                     "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     f"trainer.max_epochs=choice({','.join(map(str, sorted(set(UNEQUAL))))})", "optimizer=sgd",
+                     "optimizer.lr=0.1", "model.activation=relu", "model.pool=max", "model.conv_channels=[6,16]",
+                     *SHORT_EPOCHS, *QUIET, f"paths.data_dir={data_dir}", f"paths.log_dir={cwd / 'logs'}"]  # fmt: skip
+        wall = sweep(sweep_dir, overrides, cwd)
+        times = job_times(sweep_dir)
+        span = max(end for _, end in times) - min(start for start, _ in times)
+        busy = sum(end - start for start, end in times)
+        idle[mode] = (2 * span - busy, 2 * span, wall)
+    print(f"\n{len(UNEQUAL)} trials of {', '.join(map(str, UNEQUAL))} epochs, n_jobs=2 (joblib):")
+    print("| trials | idle slot-seconds | of slot-seconds | sweep wall time |")
+    print("| --- | --- | --- | --- |")
+    for mode, (idle_s, total, wall) in idle.items():
+        print(f"| {mode} | {idle_s:.0f} s ({idle_s / total:.0%}) | {total:.0f} s | {wall:.0f} s |")
+    return idle["in flight"][0] < idle["batches of 2"][0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="/tmp/cnnlab-data")
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--part", choices=("pruning", "slots", "both"), default="both")
+    args = parser.parse_args()
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="cnnlab-search-") as folder:
+        if args.part in ("slots", "both"):
+            ok &= slots(args.data_dir, Path(folder))
+        if args.part in ("pruning", "both"):
+            ok &= pruning(args.data_dir, args.trials, Path(folder))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
