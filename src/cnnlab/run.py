@@ -8,20 +8,21 @@ import json
 import logging
 import sys
 import time
-from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cnnlab.callbacks import ExamplesPerSecond
-from cnnlab.config import as_dict
+from cnnlab.config import as_dict, config_yaml
 from cnnlab.console import config_log, log_config, print_header, print_summary
 from cnnlab.errors import RunInterrupted
 from cnnlab.guards import interruptions_reported
+from cnnlab.hparams import metric_values, run_hparams, write_run_summaries
 from cnnlab.module import ClassifierModule
 from cnnlab.plan import JobPlan
 from cnnlab.rundir import RunRecord, Status, write_record
+from cnnlab.runtime import is_multirun
 from cnnlab.signatures import kept_schemas_warning
 from cnnlab.validate import validate_for_the_run
 
@@ -64,33 +65,46 @@ def fit_and_test(cfg: DictConfig, plan: JobPlan) -> RunRecord:
         speed.job_start = plan.startup_from
     print_header(cfg, module, trainer)
     tags = [str(tag) for tag in cfg.tags or []]
+    macs = sum(row.mult_adds for row in module.net.walk())  # on the CPU, before training moves the network
     try:
         with interruptions_reported(trainer):  # a checkpoint holds tensors and plain data: weights_only loading
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
             fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
             test_results = trainer.test(module, datamodule=datamodule, verbose=False)
-    except RunInterrupted:
-        if trainer.is_global_zero:  # resumable: a re-run of its sweep resumes it from last.ckpt
-            stopped = RunRecord(status=Status.INTERRUPTED, epochs=trainer.current_epoch, tags=tags,
-                                wall_s=time.time() - plan.started_at)  # fmt: skip
-            write_record(cfg.paths.output_dir, stopped)
+    except Exception as err:
+        stopped = RunRecord(status=Status.INTERRUPTED if isinstance(err, RunInterrupted) else Status.FAILED,
+                            epochs=trainer.current_epoch, tags=tags, wall_s=time.time() - plan.started_at,
+                            params=sum(p.numel() for p in module.net.parameters()))  # fmt: skip
+        if trainer.is_global_zero:
+            try:  # the HPARAMS tab shows how it ended too
+                log_final(cfg, trainer, stopped, macs, "failed")
+            except Exception as logging_err:  # the run's own error is the one to report
+                log.warning("the loggers could not record the stopped run: %s", logging_err)
+            if isinstance(err, RunInterrupted):  # resumable: a re-run of its sweep resumes it from last.ckpt
+                write_record(cfg.paths.output_dir, stopped)
         raise
 
     record = final_record(trainer, module, fit_metrics, test_results, wall_s=time.time() - plan.started_at)
     record.tags = tags
     if trainer.is_global_zero:
-        hp_metrics = {f"hp/{k}": getattr(record, k) for k in ("test_acc", "val_acc")}
-        for logger in trainer.loggers:  # the HPARAMS tab: the whole config with the run's final metrics
-            if isinstance(logger, pl.loggers.TensorBoardLogger):
-                logger.log_hyperparams(run_hparams(cfg), hp_metrics)
-            else:  # CSV, MLflow: log_hyperparams takes the params only, the final metrics go in as metrics
-                logger.log_hyperparams(run_hparams(cfg))
-                logger.log_metrics({k: v for k, v in hp_metrics.items() if v is not None}, step=trainer.global_step)
-            logger.finalize("success")
+        log_final(cfg, trainer, record, macs, "success")
         write_record(cfg.paths.output_dir, record)
         config_log.info("metrics: %s", json.dumps(record.as_json()))
         print_summary(cfg, record)
     return record
+
+
+def log_final(cfg: DictConfig, trainer: pl.Trainer, record: RunRecord, macs: int, status: str) -> None:
+    """The run's knobs and final metrics to every logger: TensorBoard's HPARAMS tab (the run's knobs, the config in
+    its TEXT tab: ``cnnlab.hparams``); CSV and MLflow get the knobs as params and the metrics as metrics."""
+    metrics = metric_values(record, macs)
+    for logger in trainer.loggers:
+        if not isinstance(logger, pl.loggers.TensorBoardLogger):
+            logger.log_hyperparams(run_hparams(cfg))
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.finalize(status)
+        if isinstance(logger, pl.loggers.TensorBoardLogger):  # its own event file, after the logger's is closed
+            write_run_summaries(logger.log_dir, cfg, config_yaml(cfg), is_multirun(), trainer.global_step)
 
 
 def final_record(
@@ -113,9 +127,3 @@ def final_record(
         epochs=trainer.current_epoch,
         wall_s=wall_s,
     )
-
-
-def run_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The composed config for TensorBoard's HPARAMS tab (the logger flattens it to ``model/activation`` keys)."""
-    return {key: as_dict(value) if isinstance(value, DictConfig) else value
-            for key, value in cfg.items() if key not in ("paths", "hydra")}  # fmt: skip
