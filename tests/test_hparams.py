@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata
 
 from cnnlab.hparams import EVENTS, SweepSummary, final_metrics, metric_values, run_hparams, status_codes
 from cnnlab.rundir import RunRecord, Status
 from cnnlab.runtime import job_dirname, job_subdir
+from cnnlab.train import train
 from conftest import TINY_OVERRIDES, run_cli
 
 DEFAULT_KNOBS = {
@@ -46,6 +49,24 @@ def test_a_default_run_logs_its_knobs_not_its_whole_config(tiny_cfg):
     assert params["model.conv_channels"] == "[6,16]" and params["data.augment"] == "[]"
     with_ema = run_hparams(tiny_cfg("ema=0.99", "data.augment=[crop,flip]"))
     assert with_ema["ema"] == 0.99 and with_ema["data.augment"] == "[crop,flip]"  # unset (ema=null) is left out
+
+
+def test_a_run_leaves_its_knobs_metrics_and_config_in_tensorboard(tiny_cfg, tmp_path, one_torch_thread):
+    metrics = train(tiny_cfg("trainer.max_epochs=1", "optimizer.lr=0.5"))
+    run_dir = tmp_path / "run"
+    found = plugin_data(run_dir)
+    start = metadata.parse_session_start_info_plugin_data(found[metadata.SESSION_START_INFO_TAG])
+    assert set(start.hparams) == DEFAULT_KNOBS and start.hparams["optimizer.lr"].number_value == 0.5
+    experiment = metadata.parse_experiment_plugin_data(found[metadata.EXPERIMENT_TAG])  # a single run: its own
+    assert {i.name for i in experiment.hparam_infos} == DEFAULT_KNOBS
+    scalars = EventAccumulator(str(run_dir)).Reload()
+    final = {tag: scalars.Scalars(tag)[-1].value for tag in scalars.Tags()["scalars"] if tag.startswith("hp/")}
+    assert final["hp/status"] == status_codes()[Status.OK] and final["hp/params"] == metrics["params"]
+    assert final["hp/macs"] > final["hp/params"] and final["hp/test_acc"] == pytest.approx(metrics["test_acc"])
+    texts = [v for p in run_dir.glob(EVENTS) for e in EventFileLoader(str(p)).Load() for v in e.summary.value
+             if v.tag == "config"]  # fmt: skip
+    text = texts[0].tensor.string_val[0].decode()
+    assert "python -m cnnlab.train" in text and "optimizer.lr=0.5" in text and "activation: sigmoid" in text
 
 
 def test_the_final_metrics_hold_the_costs_and_the_status_as_a_number():

@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import as_dict
+from cnnlab.config import as_dict, config_yaml
 from cnnlab.rundir import RunRecord, Status
 from cnnlab.runtime import is_multirun
 from cnnlab.sweepspace import domain, plain_key, sweep_record, swept_overrides
@@ -146,7 +146,7 @@ def write_summaries(folder: Path | str, summaries: list[Any], step: int = 0) -> 
     writer.close()
 
 
-def write_run_summaries(folder: Path | str, cfg: DictConfig, config_yaml: str, in_sweep: bool, step: int) -> None:
+def write_run_summaries(folder: Path | str, cfg: DictConfig, step: int) -> None:
     """The run's HPARAMS row and its TEXT tab (the config, the command that reproduces it) into its run dir; outside
     a sweep, an experiment summary of its own too."""
     from tensorboard.plugins.hparams import summary_v2 as hp
@@ -155,9 +155,9 @@ def write_run_summaries(folder: Path | str, cfg: DictConfig, config_yaml: str, i
     params = run_hparams(cfg)
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     command = " ".join(["python -m cnnlab.train", *map(shlex.quote, overrides)])
-    text = f"    {command}\n\n" + "".join(f"    {line}\n" for line in config_yaml.splitlines())
+    text = f"    {command}\n\n" + "".join(f"    {line}\n" for line in config_yaml(cfg).splitlines())  # code blocks
     summaries = [hp.hparams_pb(params, trial_id=Path(folder).name), text_pb("config", text)]  # the Trial ID: its name
-    if not in_sweep:
+    if not is_multirun():
         summaries.append(experiment_pb({}, params))
     write_summaries(folder, summaries, step)
 

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cnnlab.callbacks import ExamplesPerSecond
-from cnnlab.config import as_dict, config_yaml
+from cnnlab.config import as_dict
 from cnnlab.console import config_log, log_config, print_header, print_summary
 from cnnlab.errors import RunInterrupted
 from cnnlab.guards import interruptions_reported
@@ -22,7 +22,6 @@ from cnnlab.hparams import metric_values, run_hparams, write_run_summaries
 from cnnlab.module import ClassifierModule
 from cnnlab.plan import JobPlan
 from cnnlab.rundir import RunRecord, Status, write_record
-from cnnlab.runtime import is_multirun
 from cnnlab.signatures import kept_schemas_warning
 from cnnlab.validate import validate_for_the_run
 
@@ -104,7 +103,7 @@ def log_final(cfg: DictConfig, trainer: pl.Trainer, record: RunRecord, macs: int
         logger.log_metrics(metrics, step=trainer.global_step)
         logger.finalize(status)
         if isinstance(logger, pl.loggers.TensorBoardLogger):  # its own event file, after the logger's is closed
-            write_run_summaries(logger.log_dir, cfg, config_yaml(cfg), is_multirun(), trainer.global_step)
+            write_run_summaries(logger.log_dir, cfg, trainer.global_step)
 
 
 def final_record(
