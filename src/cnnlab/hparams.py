@@ -78,11 +78,9 @@ def knobs(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
     for group in KNOB_GROUPS:
         found[group] = choices.get(group)
         found.update({f"{group}.{k}": v for k, v in as_dict(cfg.get(group)).items() if k not in NOT_KNOBS})
-    data, trainer = as_dict(cfg.get("data")), as_dict(cfg.get("trainer"))
-    found.update({f"data.{k}": data.get(k) for k in DATA_KNOBS})
-    found.update({f"trainer.{k}": trainer.get(k) for k in TRAINER_KNOBS})
-    for key in RUN_KNOBS:
-        value = cfg.get(key)
+    picked = [f"data.{k}" for k in DATA_KNOBS] + [f"trainer.{k}" for k in TRAINER_KNOBS] + list(RUN_KNOBS)
+    for key in picked:  # each resolved alone: the rest of data and trainer may point at dirs not made yet
+        value = OmegaConf.select(cfg, key)
         found[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return {key: knob_value(value) for key, value in found.items() if value is not None}
 
