@@ -55,8 +55,10 @@ def job_subdir(num: int, override_dirname: str, sweep_dir: str) -> str:
     return old if (Path(sweep_dir) / old).is_dir() and not (Path(sweep_dir) / new).exists() else new
 
 
-# hydra.sweep.subdir in conf/hydra/default.yaml names each job's folder with it.
+# hydra.sweep.subdir in conf/hydra/default.yaml names each job's folder with it; the records of sweeps started before
+# (their .hydra/hydra.yaml) name job_dirname, which stays resolvable.
 OmegaConf.register_new_resolver("cnnlab.job_subdir", job_subdir, replace=True)
+OmegaConf.register_new_resolver("cnnlab.job_dirname", job_dirname, replace=True)
 
 
 def is_multirun() -> bool:
