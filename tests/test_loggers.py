@@ -54,10 +54,11 @@ def test_mlflow_logger_records_params_metrics_and_tags(tiny_cfg, tmp_path, monke
     assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "lenet_relu-fashion_mnist" and run.info.status == "FINISHED"
-    params = run.data.params  # the composed config, flattened
-    assert params["model/activation"] == cfg.model.activation == "relu"
-    assert params["optimizer/lr"] == str(cfg.optimizer.lr) and params["seed"] == "42"
-    assert {"val/acc", "test/acc", "hp/test_acc", "hp/val_acc"} <= set(run.data.metrics), run.data.metrics
+    params = run.data.params  # the run's knobs, by override key (cnnlab.hparams)
+    assert params["model"] == "lenet_relu" and params["model.activation"] == cfg.model.activation == "relu"
+    assert params["optimizer.lr"] == str(cfg.optimizer.lr) and params["seed"] == "42"
+    assert not [key for key in params if "_target_" in key or key.startswith(("callbacks", "paths"))], params
+    assert {"val/acc", "test/acc", "hp/test_acc", "hp/val_acc", "hp/macs", "hp/status"} <= set(run.data.metrics)
     assert run.data.metrics["hp/test_acc"] == pytest.approx(metrics["test_acc"])
     assert run.data.metrics["hp/val_acc"] == pytest.approx(metrics["val_acc"])
     assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2  # one a validation epoch

@@ -92,6 +92,7 @@ def test_report_lists_every_run_best_first_with_failures_last(sweep_dir):
         in report
     )
     assert "ValueError: bad \\| lr" in report  # a pipe in an error does not break the table
+    assert "| 70 | ok |  |  | 1_model=lenet_maxpool |" in report  # the run by its dir: as TensorBoard names it
     png = (sweep_dir / "report.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
 

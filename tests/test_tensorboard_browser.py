@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ import torch
 from omegaconf import open_dict
 
 from cnnlab.train import train
+from conftest import TINY_OVERRIDES, run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -72,11 +74,10 @@ def stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
-@pytest.fixture
-def tensorboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A started ``tensorboard --logdir`` on 127.0.0.1 (the venv's), its URL and log dir."""
-    log_dir, port = tmp_path / "logs", free_port()
-    log_dir.mkdir()
+@contextmanager
+def served(log_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """A started ``tensorboard --logdir log_dir`` on 127.0.0.1 (the venv's), its URL; stopped at the end."""
+    port = free_port()
     command = [str(Path(sys.executable).with_name("tensorboard")), "--logdir", str(log_dir)]
     with open(tmp_path / "tensorboard.log", "w") as output:
         proc = subprocess.Popen(
@@ -87,9 +88,18 @@ def tensorboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             start_new_session=True,
         )
         try:
-            yield f"http://127.0.0.1:{port}", log_dir
+            yield f"http://127.0.0.1:{port}"
         finally:
             stop_group(proc)
+
+
+@pytest.fixture
+def tensorboard(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A started ``tensorboard --logdir`` of an empty log dir, its URL and the log dir."""
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    with served(log_dir, tmp_path) as url:
+        yield url, log_dir
 
 
 class Browser:
@@ -115,10 +125,13 @@ class Browser:
     def open(self, url: str) -> None:
         self._call("POST", "/url", {"url": url}, base=self.session)
 
+    def run_script(self, script: str) -> object:
+        """What ``script`` (a function body) returns in the page."""
+        return self._call("POST", "/execute/sync", {"script": script, "args": []}, base=self.session)
+
     def dom(self) -> str:
         """The page as rendered now (what a person would see, not the HTML the server sent)."""
-        script = {"script": "return document.documentElement.outerHTML;", "args": []}
-        return self._call("POST", "/execute/sync", script, base=self.session)
+        return self.run_script("return document.documentElement.outerHTML;")
 
     def screenshot(self, path: Path) -> None:
         path.write_bytes(base64.b64decode(self._call("GET", "/screenshot", base=self.session)))
@@ -196,3 +209,63 @@ def test_tensorboard_shows_the_run_and_its_curves_in_a_browser(tensorboard, brow
         browser.screenshot(screenshot)
         print(f"TensorBoard screenshot: {screenshot}")
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+
+
+# The HPARAMS dashboard is built of web components: its table and its list of hparams live in shadow DOMs, which
+# outerHTML leaves out. This walks them: the hparams and metrics the dashboard offers (its checkboxes), the table's
+# cells in order (the header row first: one cell a column) and how many columns it shows.
+HPARAMS_TABLE = """
+const found = {hparams: [], metrics: [], cells: [], columns: 0};
+function walk(node) {
+  if (node.nodeType === 1) {
+    const tag = node.tagName.toLowerCase();
+    const text = node.textContent.trim();
+    if (tag === 'paper-checkbox' && node.classList.contains('hparam-checkbox')) found.hparams.push(text);
+    if (tag === 'paper-checkbox' && node.classList.contains('metric-checkbox')) found.metrics.push(text);
+    if (tag === 'vaadin-grid-cell-content') found.cells.push(text);
+    if (tag === 'vaadin-grid-column') found.columns += 1;
+    if (node.shadowRoot) walk(node.shadowRoot);
+  }
+  for (const child of node.childNodes) walk(child);
+}
+walk(document);
+return found;
+"""
+
+
+def test_a_sweeps_hparams_table_opens_on_what_it_varies(browser, tmp_path, tiny_data_dir):
+    """A 2x2 sweep in TensorBoard: the swept keys are the table's first columns, the knobs fit in under 60 columns,
+    and the runs (job dirs) are told apart by their first characters."""
+    log_dir, sweep_dir = tmp_path / "logs", tmp_path / "logs" / "multirun" / "sweep"
+    sweep = run_cli("cnnlab.train", "-m", "model=lenet,lenet_relu", "optimizer.lr=0.1,0.9", *TINY_OVERRIDES,
+                    f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={log_dir}", f"hydra.sweep.dir={sweep_dir}",
+                    "callbacks=none", cwd=tmp_path)  # fmt: skip
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 4 and len({job[:30] for job in jobs}) == 4, jobs
+    with served(sweep_dir, tmp_path) as url:
+        wait_until(lambda: set(jobs) <= set(get_json(f"{url}/data/runs")), "the TensorBoard server to load the jobs")
+        browser.open(url + "/#hparams")
+        ARTIFACTS.mkdir(exist_ok=True)
+        screenshot = ARTIFACTS / "hparams.png"
+        table = {}
+
+        def rendered() -> bool:
+            table.update(browser.run_script(HPARAMS_TABLE))
+            return table["columns"] > 2 and all(job in table["cells"] for job in jobs)  # a row per job, by name
+
+        try:
+            wait_until(rendered, "the browser to render the HPARAMS table", 90)
+        finally:
+            browser.screenshot(screenshot)
+            print(f"HPARAMS screenshot: {screenshot}")
+        headers = table["cells"][: table["columns"]]
+        print(f"{len(table['hparams'])} hparams, {len(table['metrics'])} metrics; columns shown: {headers}")
+        assert headers[:2] == ["Trial ID", "Show Metrics"] and headers[2:4] == ["model", "optimizer.lr"], headers
+        offered = table["hparams"] + table["metrics"]
+        assert len(offered) < 60 and not [name for name in offered if "_target_" in name or "callbacks" in name]
+        assert {"hp/test_acc", "hp/params", "hp/macs", "hp/wall_s", "hp/status"} <= set(table["metrics"])
+
+        browser.open(url + "/#timeseries")  # the run list: each job by its dir's name
+        wait_until(lambda: all(job in browser.dom() for job in jobs), "the run list to show the jobs", 90)
+    print(f"runs: {jobs}")

@@ -18,6 +18,12 @@ def as_dict(node: DictConfig | None) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
+def config_yaml(cfg: DictConfig) -> str:
+    """The composed run config as resolved YAML, without Hydra's own node (the run's log, TensorBoard's TEXT tab)."""
+    run_keys = [key for key in cfg if key != "hydra"]  # the hydra node is present only in composed test configs
+    return OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, run_keys), resolve=True)
+
+
 def _register_schemas() -> None:
     from cnnlab.schemas import register  # the schemas import Lightning and the models: only when configs compose
 

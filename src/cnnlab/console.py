@@ -12,9 +12,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback
 
+from cnnlab.config import config_yaml
 from cnnlab.rundir import RunRecord
 
 log = logging.getLogger("cnnlab")
@@ -37,8 +38,7 @@ def shown_path(path: str | Path) -> str:
 
 def log_config(cfg: DictConfig) -> None:
     """The composed config: into the run's log; to the terminal too with ``extras.print_config=true``."""
-    run_keys = [key for key in cfg if key != "hydra"]  # the hydra node is present only in composed test configs
-    text = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, run_keys), resolve=True)
+    text = config_yaml(cfg)
     if (cfg.get("extras") or {}).get("print_config"):
         log.info("config:\n%s", text)
     else:

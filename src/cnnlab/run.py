@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 import time
-from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
@@ -19,7 +18,7 @@ from cnnlab.config import as_dict
 from cnnlab.console import config_log, log_config, print_header, print_summary
 from cnnlab.errors import RunInterrupted
 from cnnlab.guards import interruptions_reported
-from cnnlab.models.walk import layer_rows
+from cnnlab.hparams import metric_values, run_hparams, write_run_summaries
 from cnnlab.module import ClassifierModule
 from cnnlab.plan import JobPlan
 from cnnlab.pruning import TrialPruning, trial_pruning
@@ -68,21 +67,26 @@ def fit_and_test(cfg: DictConfig, plan: JobPlan) -> RunRecord:
     if speed is not None:
         speed.job_start = plan.startup_from
     print_header(cfg, module, trainer)
-    input_shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
-    macs = sum(row.mult_adds for row in layer_rows(module.net, input_shape))  # before fit: the net is on the CPU
     pruning = next((c for c in trainer.callbacks if isinstance(c, TrialPruning)), None)
     tags = [str(tag) for tag in cfg.tags or []]
+    macs = sum(row.mult_adds for row in module.net.walk())  # on the CPU, before training moves the network
     try:
         with interruptions_reported(trainer):  # a checkpoint holds tensors and plain data: weights_only loading
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
             fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
             pruned = pruning is not None and pruning.pruned_after is not None
             test_results = [] if pruned else trainer.test(module, datamodule=datamodule, verbose=False)
-    except RunInterrupted:
-        if trainer.is_global_zero:  # resumable: a re-run of its sweep resumes it from last.ckpt
-            stopped = RunRecord(status=Status.INTERRUPTED, epochs=trainer.current_epoch, tags=tags,
-                                wall_s=time.time() - plan.started_at)  # fmt: skip
-            write_record(cfg.paths.output_dir, stopped)
+    except Exception as err:
+        stopped = RunRecord(status=Status.INTERRUPTED if isinstance(err, RunInterrupted) else Status.FAILED,
+                            epochs=trainer.current_epoch, tags=tags, wall_s=time.time() - plan.started_at,
+                            params=sum(p.numel() for p in module.net.parameters()), macs=macs)  # fmt: skip
+        if trainer.is_global_zero:
+            try:  # the HPARAMS tab shows how it ended too
+                log_final(cfg, trainer, stopped, macs, "failed")
+            except Exception as logging_err:  # the run's own error is the one to report
+                log.warning("the loggers could not record the stopped run: %s", logging_err)
+            if isinstance(err, RunInterrupted):  # resumable: a re-run of its sweep resumes it from last.ckpt
+                write_record(cfg.paths.output_dir, stopped)
         raise
 
     record = final_record(trainer, module, fit_metrics, test_results, wall_s=time.time() - plan.started_at)
@@ -90,18 +94,24 @@ def fit_and_test(cfg: DictConfig, plan: JobPlan) -> RunRecord:
     if pruned:  # stopped by the search's pruner: its epochs, no test
         record.status, record.epochs = Status.PRUNED, pruning.pruned_after
     if trainer.is_global_zero:
-        hp_metrics = {f"hp/{k}": getattr(record, k) for k in ("test_acc", "val_acc") if getattr(record, k) is not None}
-        for logger in trainer.loggers:  # the HPARAMS tab: the whole config with the run's final metrics
-            if isinstance(logger, pl.loggers.TensorBoardLogger):
-                logger.log_hyperparams(run_hparams(cfg), hp_metrics)
-            else:  # CSV, MLflow: log_hyperparams takes the params only, the final metrics go in as metrics
-                logger.log_hyperparams(run_hparams(cfg))
-                logger.log_metrics(hp_metrics, step=trainer.global_step)
-            logger.finalize("success")
+        log_final(cfg, trainer, record, macs, "success")
         write_record(cfg.paths.output_dir, record)
         config_log.info("metrics: %s", json.dumps(record.as_json()))
         print_summary(cfg, record)
     return record
+
+
+def log_final(cfg: DictConfig, trainer: pl.Trainer, record: RunRecord, macs: int, status: str) -> None:
+    """The run's knobs and final metrics to every logger: TensorBoard's HPARAMS tab (the run's knobs, the config in
+    its TEXT tab: ``cnnlab.hparams``); CSV and MLflow get the knobs as params and the metrics as metrics."""
+    metrics = metric_values(record, macs)
+    for logger in trainer.loggers:
+        if not isinstance(logger, pl.loggers.TensorBoardLogger):
+            logger.log_hyperparams(run_hparams(cfg))
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.finalize(status)
+        if isinstance(logger, pl.loggers.TensorBoardLogger):  # its own event file, after the logger's is closed
+            write_run_summaries(logger.log_dir, cfg, trainer.global_step)
 
 
 def final_record(
@@ -124,9 +134,3 @@ def final_record(
         epochs=trainer.current_epoch,
         wall_s=wall_s,
     )
-
-
-def run_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The composed config for TensorBoard's HPARAMS tab (the logger flattens it to ``model/activation`` keys)."""
-    return {key: as_dict(value) if isinstance(value, DictConfig) else value
-            for key, value in cfg.items() if key not in ("paths", "hydra")}  # fmt: skip

@@ -19,7 +19,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.report_table import round_floats
+from cnnlab.report_table import round_floats, split_overrides
+from cnnlab.sweepspace import sweep_record, swept_keys
 
 
 def job_dirname(override_dirname: str, limit: int = 200) -> str:
@@ -36,7 +37,27 @@ def job_dirname(override_dirname: str, limit: int = 200) -> str:
     return name
 
 
-# hydra.sweep.subdir in conf/hydra/default.yaml names each job's folder with it.
+def job_subdir(num: int, override_dirname: str, sweep_dir: str) -> str:
+    """A sweep job's folder, and so its TensorBoard run: its number and the overrides the sweep varies
+    (``3_model=lenet_k7,seed=2``); the overrides every job shares are in the sweep's record (``multirun.yaml``).
+
+    A sweep started before jobs were named so has folders named by all the overrides (``3_++trainer.x=2,model=...``):
+    a job of it that is resumed finds its folder by that name. Without a readable record, or when nothing is
+    swept, the name is the old one.
+    """
+    old = f"{num}_{job_dirname(override_dirname)}"
+    record = sweep_record(sweep_dir)
+    keys = swept_keys(record) if record is not None else set()
+    swept = [item for item in split_overrides(override_dirname) if item.split("=", 1)[0].lstrip("+~") in keys]
+    if not swept:
+        return old
+    new = f"{num}_{job_dirname(','.join(swept))}"
+    return old if (Path(sweep_dir) / old).is_dir() and not (Path(sweep_dir) / new).exists() else new
+
+
+# hydra.sweep.subdir in conf/hydra/default.yaml names each job's folder with it; the records of sweeps started before
+# (their .hydra/hydra.yaml) name job_dirname, which stays resolvable.
+OmegaConf.register_new_resolver("cnnlab.job_subdir", job_subdir, replace=True)
 OmegaConf.register_new_resolver("cnnlab.job_dirname", job_dirname, replace=True)
 
 

@@ -1,8 +1,9 @@
 """Watching a sweep: one line per finished job while it runs, with the time the rest should take.
 
-    [3/11] model=lenet_k3: test acc 0.801, 82 s (sweep 4 min, about 11 min left)
+    [3/11] 3_model=lenet_k3: test acc 0.801, 82 s (sweep 4 min, about 11 min left)
 
-A Hydra callback starts a thread in the process that launched the sweep; it reads the ``metrics.json`` each job
+Each job is named as its dir and its TensorBoard run are (``3_model=lenet_k3``: its number and what the sweep
+varies). A Hydra callback starts a thread in the process that launched the sweep; it reads the ``metrics.json`` each job
 writes into the sweep dir, so it works alike for every launcher (in-process, joblib workers, SLURM nodes).
 """
 
@@ -14,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cnnlab.rundir import METRICS, BadRecord, RunRecord, Status, job_state, read_record
+from cnnlab.sweepspace import swept_overrides
 
 POLL_S = 1.0
 
@@ -31,27 +32,7 @@ def sweep_size(config: DictConfig) -> int | None:
         return int(sweeper.n_trials)
     if "BasicSweeper" not in str(sweeper.get("_target_", "")):
         return None
-    axes = {o.get_key_element(): o for o in sweeper_overrides(config) if o.is_sweep_override()}  # the last wins
-    return math.prod(len(list(o.sweep_string_iterator())) for o in axes.values())
-
-
-def sweeper_overrides(config: DictConfig) -> list[Any]:
-    """The sweep's overrides as Hydra's basic sweeper reads them: its params, then the command line's."""
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
-    return OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
-
-
-def swept_keys(config: DictConfig) -> set[str]:
-    """The keys that change from job to job (a grid's axes, or the Optuna search space)."""
-    return {o.get_key_element() for o in sweeper_overrides(config) if o.is_sweep_override()}
-
-
-def job_label(job_dir: Path, keys: set[str]) -> str:
-    """The overrides that set this job apart (``model=lenet_k3``), from its ``.hydra/overrides.yaml``."""
-    overrides_file = job_dir / ".hydra" / "overrides.yaml"
-    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
-    shown = [o for o in overrides if o.split("=", 1)[0] in keys]
-    return " ".join(shown) or job_dir.name
+    return math.prod(len(list(o.sweep_string_iterator())) for o in swept_overrides(config).values())
 
 
 def minutes(seconds: float) -> str:
@@ -60,7 +41,7 @@ def minutes(seconds: float) -> str:
 
 def progress_line(done: int, total: int | None, label: str, record: RunRecord, elapsed: float,
                   finished_here: int) -> str:  # fmt: skip
-    """``[3/11] model=lenet_k3: test acc 0.801, 82 s (sweep 4 min, about 11 min left)``."""
+    """``[3/11] 3_model=lenet_k3: test acc 0.801, 82 s (sweep 4 min, about 11 min left)``."""
     if record.status == Status.PRUNED:  # stopped by the search's pruner: its last validation accuracy
         val = f", val acc {record.val_acc:.3f}" if isinstance(record.val_acc, float) else ""
         result = f"pruned after {record.epochs} epoch{'s' if record.epochs != 1 else ''}{val}"
@@ -86,7 +67,6 @@ class SweepProgress(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.total = sweep_size(config)
-        self.keys = swept_keys(config)
         # Finished before a resume: counted. A failed job's old metrics.json is not this sweep's result: it is
         # older than the sweep, and the job's rerun writes a new one.
         self.seen = {p.parent for p in self.sweep_dir.glob(f"*/{METRICS}") if job_state(p.parent) == "finished"}
@@ -125,6 +105,6 @@ class SweepProgress(Callback):
             if record is None:
                 continue
             self.seen.add(job_dir)
-            line = progress_line(len(self.seen), self.total, job_label(job_dir, self.keys), record,
+            line = progress_line(len(self.seen), self.total, job_dir.name, record,
                                  time.monotonic() - self.start, len(self.seen) - self.before)  # fmt: skip
             print(line, flush=True)
