@@ -61,7 +61,8 @@ def describe(annotation: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         # in one order whatever the process: typing caches equal unions (int | float is float | int), so the
         # order of their args is that of whichever was made first, which depends on what was imported before
-        members = sorted(set(describe(a) for a in args), key=lambda m: (m == "None", m))
+        rank = {"int": 0, "float": 1, "bool": 2, "str": 3, "None": 9}  # scalars first, then the rest by name
+        members = sorted(set(describe(a) for a in args), key=lambda m: (rank.get(m, 4), m))
         return "Any" if "Any" in members else " | ".join(members)
     if origin is typing.Literal:
         return f"Literal[{', '.join(repr(a) for a in args)}]"

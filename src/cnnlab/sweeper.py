@@ -53,6 +53,9 @@ class Search:
         self.launcher = launcher
         parallel = str(config.hydra.launcher.get("_target_", "")) != BASIC_LAUNCHER
         self.slots = max(1, int(sweeper.get("n_jobs") or 1)) if parallel else 1
+        if not parallel and int(sweeper.get("n_jobs") or 1) > 1:
+            log.info("hydra.sweeper.n_jobs=%s with the basic launcher: one trial at a time (hydra/launcher=joblib or "
+                     "slurm runs them in parallel)", sweeper.n_jobs)  # fmt: skip
         storage = self.settings.storage
         if storage and str(storage).startswith("sqlite:///"):
             Path(str(storage).removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
