@@ -7,9 +7,9 @@
    two trials in flight (joblib). Epochs are shortened (``limit_train_batches``) so that the unpruned search takes
    minutes here. Prints, for each: epochs trained in all, wall time, the best trial's val and test accuracy.
    Goals: the pruned search trains <= 1/3 of the epochs, in <= 0.4x the wall time, its best val acc within 0.005.
-2. Slots: 8 trials of unequal length (enqueued: 2 to 12 epochs), ``n_jobs=2``, run in batches of two (how Hydra's
-   Optuna sweeper runs them: a batch waits for its slowest trial) and kept in flight (cnnlab's sweeper): the idle
-   slot-seconds of each, from the jobs' start and end times.
+2. Slots: 8 trials of unequal length (enqueued: 2 to 12 epochs of 150 batches), ``n_jobs=2``, run in batches of
+   two (how Hydra's Optuna sweeper runs them: a batch waits for its slowest trial) and kept in flight (cnnlab's
+   sweeper): the idle slot-seconds of each, from the jobs' start and end times.
 
 Exits 1 when a goal is missed. Run it with nothing else running: timings on a shared machine are not comparable.
 """
@@ -81,7 +81,11 @@ def sweep(sweep_dir: Path, overrides: list[str], cwd: Path) -> float:
 
 
 def records(sweep_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    found = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    failed = [r["error"] for r in found if r["status"] not in ("ok", "pruned")]
+    if failed:
+        sys.exit(f"{len(failed)} trials of {sweep_dir.name} failed: {failed[0]}")
+    return found
 
 
 def pruning(data_dir: str, trials: int, cwd: Path) -> bool:
@@ -116,6 +120,7 @@ def pruning(data_dir: str, trials: int, cwd: Path) -> bool:
 
 def job_times(sweep_dir: Path) -> list[tuple[float, float]]:
     """Each job's start (its dir made) and end (its record written)."""
+    records(sweep_dir)  # none failed
     return [((job / ".hydra").stat().st_mtime, (job / "metrics.json").stat().st_mtime)
             for job in sweep_dir.iterdir() if (job / "metrics.json").is_file()]  # fmt: skip
 
@@ -134,7 +139,8 @@ def slots(data_dir: str, cwd: Path) -> bool:
                      "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                      f"trainer.max_epochs=choice({','.join(map(str, sorted(set(UNEQUAL))))})", "optimizer=sgd",
                      "optimizer.lr=0.1", "model.activation=relu", "model.pool=max", "model.conv_channels=[6,16]",
-                     *SHORT_EPOCHS, *QUIET, f"paths.data_dir={data_dir}", f"paths.log_dir={cwd / 'logs'}"]  # fmt: skip
+                     *SHORT_EPOCHS, "trainer.limit_train_batches=150", *QUIET, f"paths.data_dir={data_dir}",
+                     f"paths.log_dir={cwd / 'logs'}"]  # fmt: skip
         wall = sweep(sweep_dir, overrides, cwd)
         times = job_times(sweep_dir)
         span = max(end for _, end in times) - min(start for start, _ in times)
@@ -149,6 +155,7 @@ def slots(data_dir: str, cwd: Path) -> bool:
 
 
 def main() -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="/tmp/cnnlab-data")
     parser.add_argument("--trials", type=int, default=24)

@@ -83,3 +83,9 @@ def test_an_unknown_logger_is_refused_listing_the_loggers(tmp_path):
     choices = {path.stem for path in (CONF_DIR / "logger").glob("*.yaml")}
     assert {"csv", "mlflow", "many", "tensorboard", "none"} <= choices
     assert all(choice in message for choice in choices), message
+
+
+def test_logger_none_trains_with_a_schedule_and_writes_no_events(tiny_cfg, tmp_path, one_torch_thread):
+    metrics = train(tiny_cfg("logger=none", "scheduler=onecycle"))  # the lr monitor had nowhere to log: it refused
+    assert metrics["status"] == "ok" and metrics["test_acc"] is not None
+    assert not list((tmp_path / "run").rglob("events.out.tfevents.*"))

@@ -48,6 +48,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, ClassifierModule, pl
     if pruning is not None:
         callbacks.append(pruning)
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]
+    if not loggers:  # logger=none: the learning rate has nowhere to go (Lightning's monitor refuses to start)
+        callbacks = [c for c in callbacks if not isinstance(c, pl.callbacks.LearningRateMonitor)]
     # Without a terminal (nohup, SLURM, a log file) a progress bar only leaves its last frame: the epoch lines
     # (callbacks.epoch_lines) say the same, one line per epoch.
     progress_bar = bool(cfg.trainer.get("enable_progress_bar", True)) and sys.stdout.isatty()

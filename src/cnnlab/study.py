@@ -89,7 +89,7 @@ def settings(sweeper: Mapping[str, Any]) -> SearchSettings:
     pruner = str(sweeper.get("pruner") or "none")
     if pruner not in PRUNERS:
         raise ConfigError(f"hydra.sweeper.pruner={pruner} is not one of {', '.join(PRUNERS)}.")
-    args = dict(sweeper.get("pruner_args") or {})
+    args = dict(sweeper.get("pruner_args") or {}) if pruner != "none" else {}  # none: no pruner, no arguments
     if pruner != "none":
         check_arguments(f"hydra.sweeper.pruner={pruner}", pruner_class(pruner), args, "hydra.sweeper.pruner_args")
         if pruner in NEEDS_THE_SAMPLERS_STUDY and len(objectives) > 1:
