@@ -7,7 +7,7 @@
    two trials in flight (joblib). Epochs are shortened (``limit_train_batches``) so that the unpruned search takes
    minutes here. Prints, for each: epochs trained in all, wall time, the best trial's val and test accuracy.
    Goals: the pruned search trains <= 1/3 of the epochs, in <= 0.4x the wall time, its best val acc within 0.005.
-2. Slots: 8 trials of unequal length (enqueued: 2 to 12 epochs of 150 batches), ``n_jobs=2``, run in batches of
+2. Slots: 8 trials of unequal length (enqueued: 2 to 12 epochs of 100 batches), ``n_jobs=2``, run in batches of
    two (how Hydra's Optuna sweeper runs them: a batch waits for its slowest trial) and kept in flight (cnnlab's
    sweeper): the idle slot-seconds of each, from the jobs' start and end times.
 
@@ -31,7 +31,7 @@ import optuna
 from cnnlab import sweeper as cnnlab_sweeper
 
 EPOCHS = 10
-SHORT_EPOCHS = ["data.batch_size=128", "trainer.limit_train_batches=20", "data.val_size=2000"]
+SHORT_EPOCHS = ["data.batch_size=128", "trainer.limit_train_batches=100"]  # 12,800 examples an epoch
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
 UNEQUAL = [2, 12, 4, 10, 6, 2, 8, 4]  # epochs of the slots measurement's trials
 
@@ -139,7 +139,7 @@ def slots(data_dir: str, cwd: Path) -> bool:
                      "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                      f"trainer.max_epochs=choice({','.join(map(str, sorted(set(UNEQUAL))))})", "optimizer=sgd",
                      "optimizer.lr=0.1", "model.activation=relu", "model.pool=max", "model.conv_channels=[6,16]",
-                     *SHORT_EPOCHS, "trainer.limit_train_batches=150", *QUIET, f"paths.data_dir={data_dir}",
+                     *SHORT_EPOCHS, *QUIET, f"paths.data_dir={data_dir}",
                      f"paths.log_dir={cwd / 'logs'}"]  # fmt: skip
         wall = sweep(sweep_dir, overrides, cwd)
         times = job_times(sweep_dir)

@@ -188,3 +188,30 @@ def test_under_ddp_rank_0_asks_and_both_ranks_stop_after_the_same_epoch(tmp_path
     assert record["status"] == "pruned" and record["epochs"] == 1
     log = next(sweep_dir.glob("0_*/train.log")).read_text()
     assert "epoch 2/3" not in log and "Traceback" not in log  # neither rank trained a second epoch
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "grid", "nsgaii"])
+def test_each_sampler_is_optunas_seeded(name, tiny_cfg):
+    from cnnlab.sweeper import build_sampler
+
+    cfg = tiny_cfg("sweep=optuna", f"hydra/sweeper/sampler={name}", "hydra.sweeper.sampler.seed=7")
+    space, _ = studies.search_space([f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()
+                                     if "interval" not in v])  # fmt: skip  (a grid takes no interval)
+    sampler, grid_size = build_sampler(cfg.hydra.sweeper.sampler, space)
+    classes = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "nsgaii": "NSGAIISampler"}
+    assert type(sampler).__name__ == classes[name]
+    assert grid_size == (3 * 4 * 4 * 4 * 2 if name == "grid" else None)
+    study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"] if name == "nsgaii" else None)
+    first = study.ask(space).params
+    again, _ = build_sampler(cfg.hydra.sweeper.sampler, space)
+    same = optuna.create_study(sampler=again, directions=["maximize", "minimize"] if name == "nsgaii" else None)
+    assert same.ask(space).params == first  # seeded: the same first trial
+
+
+def test_a_sampler_that_is_not_optunas_is_one_line():
+    from cnnlab.sweeper import build_sampler
+
+    with pytest.raises(ConfigError, match=r"sampler._target_=random.Random: one of optuna.samplers' classes"):
+        build_sampler({"_target_": "random.Random"}, {})
+    with pytest.raises(ConfigError, match=r"hydra.sweeper.sampler: n_startup is not an argument of the sampler"):
+        build_sampler({"_target_": "optuna.samplers.TPESampler", "n_startup": 3}, {})

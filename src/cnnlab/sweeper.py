@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -48,8 +49,8 @@ class Search:
         clash = sorted(set(self.space) & set(self.fixed))
         if clash:
             raise ConfigError(f"{clash[0]} is both searched and fixed; give it once.")
-        self.n_trials = int(sweeper.n_trials)
-        self.sampler = self.build_sampler(sweeper.get("sampler") or {})
+        self.sampler, grid_size = build_sampler(sweeper.get("sampler") or {}, self.space)
+        self.n_trials = min(int(sweeper.n_trials), grid_size or int(sweeper.n_trials))
         self.launcher = launcher
         parallel = str(config.hydra.launcher.get("_target_", "")) != BASIC_LAUNCHER
         self.slots = max(1, int(sweeper.get("n_jobs") or 1)) if parallel else 1
@@ -73,25 +74,6 @@ class Search:
                 study_name=self.settings.pruning_study_name, storage=self.storage, direction="maximize",
                 pruner=pruner, load_if_exists=True,
             )  # fmt: skip
-
-    def build_sampler(self, cfg: Any) -> optuna.samplers.BaseSampler:
-        """The sampler of ``hydra/sweeper/sampler`` (its ``_target_``: one of Optuna's), seeded as configured."""
-        from hydra.utils import instantiate
-
-        spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-        target = str(spec.get("_target_", "optuna.samplers.TPESampler"))
-        if not target.startswith("optuna.samplers."):
-            raise ConfigError(f"hydra.sweeper.sampler._target_={target}: one of optuna.samplers' classes is wanted.")
-        sampler_cls = getattr(optuna.samplers, target.rsplit(".", 1)[1], None)
-        if sampler_cls is None:
-            raise ConfigError(f"hydra.sweeper.sampler._target_={target} is not a sampler of optuna.samplers.")
-        args = {k: v for k, v in spec.items() if not k.startswith("_")}
-        studies.check_arguments(f"the sampler {target}", sampler_cls, args, "hydra.sweeper.sampler")
-        if sampler_cls is optuna.samplers.GridSampler:
-            grid = studies.grid_choices(self.space)
-            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
-            return optuna.samplers.GridSampler(grid, **args)
-        return instantiate({"_target_": target, **args})
 
     # ---- the loop ----------------------------------------------------------------------------------------------
 
@@ -182,6 +164,27 @@ class Search:
             log.info("Pareto front: %d trials (%s)", len(self.study.best_trials),
                      ", ".join(str(t.number) for t in self.study.best_trials))  # fmt: skip
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+
+
+def build_sampler(cfg: Any, space: dict[str, Any]) -> tuple[optuna.samplers.BaseSampler, int | None]:
+    """The sampler of ``hydra/sweeper/sampler`` (its ``_target_``: one of Optuna's), seeded as configured; and the
+    number of points of a grid sampler's grid (None for the others)."""
+    from hydra.utils import instantiate
+
+    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    target = str(spec.get("_target_", "optuna.samplers.TPESampler"))
+    sampler_cls = getattr(optuna.samplers, target.rsplit(".", 1)[1], None) if target.startswith("optuna.") else None
+    if not isinstance(sampler_cls, type) or not issubclass(sampler_cls, optuna.samplers.BaseSampler):
+        raise ConfigError(f"hydra.sweeper.sampler._target_={target}: one of optuna.samplers' classes is wanted "
+                          f"(hydra/sweeper/sampler=tpe, random, grid or nsgaii).")  # fmt: skip
+    args = {k: v for k, v in spec.items() if not k.startswith("_")}
+    studies.check_arguments(f"the sampler {target}", sampler_cls, args, "hydra.sweeper.sampler")
+    if sampler_cls is optuna.samplers.GridSampler:
+        grid = studies.grid_choices(space)
+        return optuna.samplers.GridSampler(grid, **args), math.prod(len(v) for v in grid.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate, constant_liar
+        return instantiate({"_target_": target, **args}), None
 
 
 def job_record(result: JobReturn | None) -> RunRecord | None:
