@@ -31,7 +31,8 @@ PRUNED_TRIAL = "CNNLAB_PRUNED_TRIAL"
 
 
 class TrialPruning(Callback):
-    """Report ``val/acc`` to the trial after every validation; stop training after an epoch the pruner prunes."""
+    """Report ``val/acc`` to the trial after every validation (its step: the epoch, counted from 0, as Optuna's own
+    Lightning callback counts it); stop training after an epoch the pruner prunes."""
 
     def __init__(self, trial: optuna.Trial | None) -> None:
         self.trial = trial  # None on the ranks other than 0: they take rank 0's answer
