@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +161,13 @@ def ahead_line(configs: list[dict[str, Any]]) -> str:
     from scipy import stats
 
     best, second = seeded[:2]
-    p = float(stats.ttest_ind(best["val_accs"], second["val_accs"], equal_var=False).pvalue)
+    with warnings.catch_warnings():  # scipy warns of precision when one configuration's seeds agree exactly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(stats.ttest_ind(best["val_accs"], second["val_accs"], equal_var=False).pvalue)
     best_label, second_label = run_labels([best, second])
     verdict = "larger than the noise" if p < 0.05 else "within the noise: more seeds would tell them apart, or not"
+    if math.isnan(p):
+        verdict = "not testable: neither configuration's seeds differ"
     return (f"Best against runner-up: {best_label} (val acc {best['val_acc_mean']:.4f}, n={best['n']}) against "
             f"{second_label} ({second['val_acc_mean']:.4f}, n={second['n']}): Welch's t-test p = {p:.3g}, the "
             f"difference is {verdict}.\n{NOISE_RULE}\n")  # fmt: skip
