@@ -92,6 +92,18 @@ def test_a_trial_under_the_threshold_is_pruned_after_its_first_epoch_and_not_run
     assert records(sweep_dir)[2]["status"] == "pruned"
 
 
+@pytest.mark.slow
+def test_a_trial_that_trained_its_last_epoch_completes_whatever_the_pruner_says(tmp_path, tiny_data_dir):
+    overrides = ["hydra.sweeper.n_trials=1", "trainer.max_epochs=1", "hydra.sweeper.pruner=threshold",
+                 "hydra.sweeper.pruner_args={lower: 1.01}"]  # fmt: skip
+    result, sweep_dir = search(tmp_path, tiny_data_dir, *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (trial,) = load(sweep_dir).trials
+    assert trial.state == TrialState.COMPLETE and list(trial.intermediate_values) == [0]  # reported, not pruned
+    (record,) = records(sweep_dir).values()
+    assert record["status"] == "ok" and record["test_acc"] is not None
+
+
 def job_times(sweep_dir: Path) -> dict[int, tuple[float, float]]:
     """Each job's start (its Hydra record written) and end (its metrics.json written), by job number."""
     times = {}

@@ -46,7 +46,8 @@ class TrialPruning(Callback):
             accuracy = trainer.callback_metrics.get("val/acc")
             if accuracy is not None:
                 self.trial.report(float(accuracy), step=trainer.current_epoch)
-                prune = self.trial.should_prune()
+                last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+                prune = not last and self.trial.should_prune()  # after the last epoch stopping saves nothing
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
             self.pruned_after = trainer.current_epoch + 1
