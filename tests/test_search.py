@@ -164,6 +164,7 @@ def test_a_two_objective_search_reports_its_pareto_front(tmp_path, tiny_data_dir
         ("hydra.sweeper.pruner_args={n_warmup: 1}", "hydra.sweeper.pruner_args: n_warmup is not an argument of "
                                                     "hydra.sweeper.pruner=median (MedianPruner: n_startup_trials"),
         ("hydra.sweeper.objectives=[val_acc,macs]", "hydra.sweeper.pruner=hyperband cannot prune a search of several"),
+        ("hydra.sweeper.pruner_args=3", "hydra.sweeper.pruner_args=3: the pruner's arguments by name are wanted"),
         ("optimizer.lr=interval(0.1)", "optimizer.lr=interval(0.1) cannot be parsed: TypeError while evaluating "
                                        "'interval(0.1)': missing a required argument: 'end'"),
         ("optimizer.lr=interval(0.5,0.1)", "the search space cannot be parsed: optimizer.lr=interval(0.5,0.1) (an "

@@ -89,7 +89,11 @@ def settings(sweeper: Mapping[str, Any]) -> SearchSettings:
     pruner = str(sweeper.get("pruner") or "none")
     if pruner not in PRUNERS:
         raise ConfigError(f"hydra.sweeper.pruner={pruner} is not one of {', '.join(PRUNERS)}.")
-    args = dict(sweeper.get("pruner_args") or {}) if pruner != "none" else {}  # none: no pruner, no arguments
+    given = sweeper.get("pruner_args") or {}
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"hydra.sweeper.pruner_args={given!r}: the pruner's arguments by name are wanted, e.g. "
+                          f"'hydra.sweeper.pruner_args={{n_startup_trials: 4}}'.")  # fmt: skip
+    args = dict(given) if pruner != "none" else {}  # none: no pruner, no arguments
     if pruner != "none":
         check_arguments(f"hydra.sweeper.pruner={pruner}", pruner_class(pruner), args, "hydra.sweeper.pruner_args")
         if pruner in NEEDS_THE_SAMPLERS_STUDY and len(objectives) > 1:
