@@ -45,10 +45,7 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab's log says what happens to each trial
         self.settings = studies.settings(sweeper)
         params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
-        self.space, self.fixed = studies.search_space([*params, *arguments])
-        clash = sorted(set(self.space) & set(self.fixed))
-        if clash:
-            raise ConfigError(f"{clash[0]} is both searched and fixed; give it once.")
+        self.space, self.fixed = studies.search_space([*params, *arguments])  # a later override of a key wins
         self.sampler, grid_size = build_sampler(sweeper.get("sampler") or {}, self.space)
         self.n_trials = min(int(sweeper.n_trials), grid_size or int(sweeper.n_trials))
         self.launcher = launcher
