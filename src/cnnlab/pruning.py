@@ -87,7 +87,7 @@ def job_trial(sweeper: Any, number: int) -> optuna.Trial:
     storage = studies.open_storage(search.storage)
     main = optuna.load_study(study_name=search.study_name, storage=storage)
     if search.pruning_study_name != search.study_name:
-        number = main.trials[number].user_attrs[studies.PRUNING_TRIAL_ATTR]
+        number = main.get_trials(deepcopy=False)[number].user_attrs[studies.PRUNING_TRIAL_ATTR]
     study = optuna.load_study(study_name=search.pruning_study_name, storage=storage,
                               pruner=studies.build_pruner(search))  # fmt: skip
     study_id = storage.get_study_id_from_name(study.study_name)

@@ -26,7 +26,7 @@ from cnnlab.errors import CnnlabError, user_error
 from cnnlab.files import write_text_atomically
 from cnnlab.plot import plot_report
 from cnnlab.report_table import configs_table, markdown_table
-from cnnlab.rundir import RESULT_KEYS
+from cnnlab.rundir import RESULT_KEYS, Status
 from cnnlab.runs import aggregate_seeds, ahead_line, best_line, filter_tags, load_runs
 from cnnlab.study_report import study_section
 
@@ -72,7 +72,7 @@ def write_report(root: Path | str, tags: list[str] | None = None) -> list[dict[s
     if tags:
         rows = filter_tags(rows, tags, root)
     configs = aggregate_seeds(rows)
-    failed, pruned = not_finished(rows), [r for r in rows if r["status"] == "pruned"]
+    failed, pruned = not_finished(rows), [r for r in rows if r["status"] == Status.PRUNED]
     tagged = f" tagged {' or '.join(tags)}" if tags else ""
     summary = f"{len(rows)} runs{tagged}" + (f", {len(failed)} failed or incomplete" if failed else "")
     summary += f", {len(pruned)} pruned (stopped early by the search's pruner)" if pruned else ""
@@ -92,7 +92,7 @@ def write_report(root: Path | str, tags: list[str] | None = None) -> list[dict[s
 
 def not_finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs that failed or did not finish (a pruned run finished: its search stopped it)."""
-    return [r for r in rows if r["status"] not in ("ok", "pruned")]
+    return [r for r in rows if r["status"] not in (Status.OK, Status.PRUNED)]
 
 
 def study_block(root: Path, rows: list[dict[str, Any]]) -> str:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
 from cnnlab.report_table import fmt_mean_std, round_floats, split_overrides
-from cnnlab.rundir import METRICS, RESULT_KEYS, BadRecord, read_record
+from cnnlab.rundir import METRICS, RESULT_KEYS, BadRecord, Status, read_record
 
 log = logging.getLogger("cnnlab.report")
 
@@ -125,8 +125,8 @@ def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
 def summarize(model: str, overrides: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One configuration's row: counts, mean ± std of the accuracies over its finished seeds (and the validation
     accuracy's 95% confidence interval), its runs."""
-    done = [r for r in runs if r["status"] == "ok" and r["test_acc"] is not None]
-    pruned = sum(r["status"] == "pruned" for r in runs)
+    done = [r for r in runs if r["status"] == Status.OK and r["test_acc"] is not None]
+    pruned = sum(r["status"] == Status.PRUNED for r in runs)
     config = {"model": model, "overrides": overrides, "n": len(done), "failed": len(runs) - len(done) - pruned,
               "pruned": pruned}  # fmt: skip
     config["tags"] = ",".join(dict.fromkeys(tag for r in runs for tag in row_tags(r)))

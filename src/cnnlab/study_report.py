@@ -31,12 +31,13 @@ def study_section(root: Path, rows: list[dict[str, Any]]) -> str:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = studies.open_storage(f"sqlite:///{root / STUDY_FILE}")
-    names = [n for n in optuna.get_all_study_names(storage) if not n.endswith(studies.PRUNING_STUDY)]
+    every = set(optuna.get_all_study_names(storage))
+    names = sorted(n for n in every if not n.endswith(studies.PRUNING_STUDY))
     parts = []
     for name in names:
         study = optuna.load_study(study_name=name, storage=storage)
-        pruning = optuna.load_study(study_name=name + studies.PRUNING_STUDY, storage=storage) if (
-            name + studies.PRUNING_STUDY in optuna.get_all_study_names(storage)) else study  # fmt: skip
+        beside = name + studies.PRUNING_STUDY  # a multi-objective study's trials report there
+        pruning = optuna.load_study(study_name=beside, storage=storage) if beside in every else study
         parts.append(one_study(root, study, pruning, rows, prefix="" if len(names) == 1 else f"{name}-"))
     return "\n".join(parts)
 
