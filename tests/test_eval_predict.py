@@ -95,6 +95,29 @@ def test_add_eval_keeps_training_keys_and_fills_a_missing_test_acc(tmp_path):
     assert record["test_acc"] == 0.6 and record["status"] == "interrupted"
 
 
+def test_an_eval_beside_a_running_job_waits_for_the_record_and_is_kept(tmp_path):
+    """A run writes its record while ``cnnlab.eval`` adds to it: one writer at a time, and neither loses the other's
+    entry (the run's final write keeps an eval made while it trained)."""
+    import threading
+
+    from cnnlab.rundir import RunRecord, record_lock, write_record
+
+    add_eval(tmp_path, "checkpoints/best-epoch00.ckpt", {"test_acc": 0.5})  # evaluated mid-training
+    write_record(tmp_path, RunRecord(test_acc=0.8, params=5))  # the run ends
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["test_acc"] == 0.8 and record["eval"] == {"checkpoints/best-epoch00.ckpt": {"test_acc": 0.5}}
+
+    done = threading.Event()
+    with record_lock(tmp_path):  # the run is writing its record
+        thread = threading.Thread(target=lambda: (add_eval(tmp_path, "checkpoints/last.ckpt", {"test_acc": 0.7}),
+                                                  done.set()))  # fmt: skip
+        thread.start()
+        assert not done.wait(0.5)  # the eval waits
+    thread.join(10)
+    assert done.is_set() and set(json.loads((tmp_path / "metrics.json").read_text())["eval"]) == {
+        "checkpoints/best-epoch00.ckpt", "checkpoints/last.ckpt"}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [

@@ -181,7 +181,8 @@ def test_a_bad_search_setting_is_one_line_before_any_trial(tmp_path, tiny_data_d
 
 
 def test_a_pruned_record_is_a_finished_job(tmp_path):
-    from cnnlab.rundir import RunRecord, Status, job_state, write_record
+    from cnnlab.rundir import RunRecord, job_state, write_record
+    from cnnlab.vocab import Status
 
     write_record(tmp_path, RunRecord(status=Status.PRUNED, epochs=1, val_acc=0.1))
     assert job_state(tmp_path) == "finished"  # a resumed sweep skips it; the study says PRUNED (tests above)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import submitit
+import torch
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
@@ -128,32 +129,30 @@ def test_jobs_per_gpu_lets_k_jobs_share_each_gpu_spread_evenly(tmp_path, tiny_cf
     cfg = tiny_cfg("hydra/launcher=joblib", "hydra.launcher.jobs_per_gpu=3", "hydra.launcher.n_jobs=6")
     launcher = instantiate(cfg.hydra.launcher)  # joblib gets its own settings, not jobs_per_gpu
     assert launcher.joblib["n_jobs"] == 6 and "jobs_per_gpu" not in launcher.joblib
-    monkeypatch.setattr(launch.torch.cuda, "device_count", lambda: 2)  # a stubbed 2-GPU machine
-    from contextlib import ExitStack
-
-    gpus = []
-    with ExitStack() as cleanup:
-        for job in range(6):
-            job_cfg = OmegaConf.create({"trainer": {"accelerator": "gpu", "devices": 1}})
-            launch.pin_gpu(job_cfg, job, tmp_path / "sweep", cleanup, cfg.hydra.launcher.jobs_per_gpu)
-            gpus.append(job_cfg.trainer.devices[0])
-    assert sorted(gpus) == [0, 0, 0, 1, 1, 1]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # a stubbed 2-GPU machine
+    gpus, locks = [], []
+    for job in range(6):
+        trainer = OmegaConf.create({"accelerator": "gpu", "devices": 1})
+        devices, lock = launch.gpu_slot(trainer, job, tmp_path / "sweep", cfg.hydra.launcher.jobs_per_gpu)
+        gpus.append(devices[0])
+        locks.append(lock)
+    assert sorted(gpus) == [0, 0, 0, 1, 1, 1] and all(lock is not None for lock in locks)
+    for lock in locks:
+        lock.close()
 
 
 def test_a_parallel_job_is_pinned_to_its_gpu(tmp_path, monkeypatch):
-    from contextlib import ExitStack
-
-    monkeypatch.setattr(launch.torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     for job, trainer, expected in [
         (6, {"accelerator": "auto", "devices": 1}, [2]),
         (6, {"accelerator": "gpu", "devices": 1}, [2]),
         (6, {"accelerator": "cpu", "devices": 1}, 1),
         (6, {"accelerator": "gpu", "devices": 2}, 2),
     ]:
-        cfg = OmegaConf.create({"trainer": trainer})
-        with ExitStack() as cleanup:
-            launch.pin_gpu(cfg, job, tmp_path / str(job) / trainer["accelerator"], cleanup)
-        assert cfg.trainer.devices == expected
+        devices, lock = launch.gpu_slot(OmegaConf.create(trainer), job, tmp_path / str(job) / trainer["accelerator"])
+        assert devices == expected and (lock is not None) == isinstance(expected, list)
+        if lock is not None:
+            lock.close()
 
 
 def test_job_dir_names_fit_the_file_system_and_stay_apart():

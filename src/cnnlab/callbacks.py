@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, EMAWeightAveraging
 
+from cnnlab.vocab import Tag
+
 
 class ExamplesPerSecond(Callback):
     """Training throughput as the seeds report it: examples divided by the time spent in training steps.
@@ -53,7 +55,7 @@ class ExamplesPerSecond(Callback):
         if not self._epoch_seconds:
             return
         rate = self._epoch_examples / self._epoch_seconds  # this rank's; summed over the ranks, the job's
-        pl_module.log("train/examples_per_sec", rate, on_epoch=True, sync_dist=True, reduce_fx="sum")
+        pl_module.log(Tag.EXAMPLES_PER_SEC, rate, on_epoch=True, sync_dist=True, reduce_fx="sum")
         self.examples += self._epoch_examples
         self.seconds += self._epoch_seconds
         self._epoch_examples, self._epoch_seconds = 0, 0.0

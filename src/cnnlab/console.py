@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Callback
 
 from cnnlab.config import config_yaml
 from cnnlab.rundir import RunRecord
+from cnnlab.vocab import Tag
 
 log = logging.getLogger("cnnlab")
 config_log = logging.getLogger("cnnlab.config")  # the run's log file only (conf/hydra/job_logging/cnnlab.yaml)
@@ -112,9 +113,9 @@ class EpochLines(Callback):
         metrics = trainer.callback_metrics
         parts = [f"epoch {self._pending + 1}/{trainer.max_epochs}"]
         for key, label, fmt in (
-            ("train/loss_epoch", "train loss", ".4f"),
-            ("val/acc", "val acc", ".4f"),
-            ("train/examples_per_sec", "examples/s", ",.0f"),
+            (Tag.TRAIN_LOSS_EPOCH, "train loss", ".4f"),
+            (Tag.VAL_ACC, "val acc", ".4f"),
+            (Tag.EXAMPLES_PER_SEC, "examples/s", ",.0f"),
         ):
             if key in metrics:
                 parts.append(f"{label} {float(metrics[key]):{fmt}}")

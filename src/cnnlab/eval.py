@@ -24,6 +24,7 @@ from cnnlab.config import CONF_DIR, as_dict
 from cnnlab.errors import ConfigError, exit_on_user_error
 from cnnlab.module import ClassifierModule
 from cnnlab.rundir import add_eval, run_dir_of
+from cnnlab.vocab import Tag
 
 log = logging.getLogger("cnnlab.eval")
 
@@ -118,8 +119,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(cfg.ckpt_path).expanduser().resolve()
     run_dir = run_dir_of(ckpt)
     result = {
-        "test_acc": tested["test/acc"],
-        "test_loss": tested["test/loss"],
+        "test_acc": tested[Tag.TEST_ACC],
+        "test_loss": tested[Tag.TEST_LOSS],
         "tta": bool(module.hparams.tta),
         "data": datamodule.hparams.name,
         "epoch": checkpoint.get("epoch"),

@@ -148,6 +148,7 @@ class InterruptCheckpoint(Callback):
     def __init__(self, dirpath: str, filename: str = "last") -> None:
         self.ckpt_path = str(Path(dirpath) / f"{filename}.ckpt")
         self.requested: str | None = None
+        self.requeue_on_usr2 = False  # set by cnnlab.run for a job submitit runs (cnnlab.job.JobContext)
         self.requeue: Any = None  # submitit's SIGUSR2 handler: requeues the job and exits
         self._previous: dict[int, Any] = {}
         self._every = 1
@@ -156,7 +157,7 @@ class InterruptCheckpoint(Callback):
         if stage != "fit" or not _in_main_thread():
             return
         self.requested = None
-        self._take(signal.SIGINT, *([signal.SIGUSR2] if "SUBMITIT_EXECUTOR" in os.environ else []))
+        self._take(signal.SIGINT, *([signal.SIGUSR2] if self.requeue_on_usr2 else []))
         self.requeue = self._previous.get(signal.SIGUSR2)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

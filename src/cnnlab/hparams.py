@@ -21,9 +21,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.config import as_dict, config_yaml
-from cnnlab.rundir import RunRecord, Status
+from cnnlab.rundir import RunRecord
 from cnnlab.runtime import is_multirun
 from cnnlab.sweepspace import domain, plain_key, sweep_record, swept_overrides
+from cnnlab.vocab import STATUS_CODES, RunFiles, Status
 
 KNOB_GROUPS = ("model", "optimizer", "scheduler")  # config groups whose choice and fields are knobs
 DATA_KNOBS = ("name", "batch_size", "val_size", "split_seed", "normalize", "augment", "crop_padding", "erase_size",
@@ -33,12 +34,13 @@ RUN_KNOBS = ("seed", "init", "label_smoothing", "ema", "tta", "tags")
 # Not knobs: class paths, the model's copies of the data set's shape, the optimizers' switches for other uses.
 NOT_KNOBS = {"_target_", "_partial_", "in_channels", "image_size", "num_classes", "foreach", "fused", "differentiable",
              "capturable", "maximize"}  # fmt: skip
-EVENTS = "events.out.tfevents.*"
+EVENTS = RunFiles.EVENTS
 
 
-def status_codes() -> dict[str, int]:
-    """Each run status of ``rundir.Status`` as the number ``hp/status`` holds, in the order Status lists them."""
-    return {value: i for i, value in enumerate(v for k, v in vars(Status).items() if k.isupper())}
+def status_codes() -> dict[Status, int]:
+    """Each run status a run writes as the number ``hp/status`` holds (``cnnlab.vocab.STATUS_CODES``: fixed codes)."""
+    return {status: code for status, code in STATUS_CODES.items() if status not in (Status.INCOMPLETE,
+                                                                                     Status.UNREADABLE)}  # fmt: skip
 
 
 def final_metrics() -> dict[str, str]:
@@ -53,7 +55,7 @@ def final_metrics() -> dict[str, str]:
 def metric_values(record: RunRecord, macs: int | None) -> dict[str, float]:
     """The run's ``hp/...`` metrics (those it has)."""
     values = {key: getattr(record, key, None) for key in final_metrics()}
-    values.update(macs=macs, status=status_codes().get(record.status))
+    values.update(macs=macs, status=status_codes().get(Status(record.status)))
     return {f"hp/{key}": float(value) for key, value in values.items() if value is not None}
 
 

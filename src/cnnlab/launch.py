@@ -1,8 +1,9 @@
-"""Job setup for sweeps: torch threads per parallel job, one GPU per job, DDP ranks inside a sweep job.
+"""A sweep's job as a good neighbour: its share of the cores, a GPU slot of its own, and the DDP ranks it starts.
 
-Hydra's launchers start the jobs; this module makes each job a good neighbour. A parallel (joblib) job takes
-its share of the cores and a GPU of its own, and a DDP job of a multirun has its other ranks start as single runs
-of that one job. (A crashed job's record: ``cnnlab.rundir.record_failure``.)
+``cnnlab.job.job_context`` calls these once per job, in order; each returns what it decided (threads, devices) rather
+than changing the config. The one function here that changes process state behind Lightning's back,
+``ddp_ranks_start_as_this_job``, says what and why, and undoes it when the job ends. Torch is imported only when a
+job runs.
 """
 
 from __future__ import annotations
@@ -12,18 +13,16 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
-from cnnlab.errors import ConfigError
-from cnnlab.runtime import is_multirun
+from cnnlab.environment import PRUNED_TRIAL
 
 log = logging.getLogger("cnnlab.launch")
+
 
 def available_cpus() -> int:
     """The cores this process may run on (its affinity mask, which taskset, cgroups and SLURM narrow)."""
@@ -57,7 +56,7 @@ def claim_gpu(job_num: int, n_gpus: int, lock_dir: Path, slots: int = 1) -> tupl
     for slot in range(slots):
         for offset in range(n_gpus):
             gpu = (preferred + offset) % n_gpus
-            handle = open(lock_dir / f"gpu{gpu}-slot{slot}.lock", "w")  # held open: the lock lasts as the file
+            handle = open(lock_dir / f"gpu{gpu}-slot{slot}.lock", "w")  # noqa: SIM115 (held open: the lock)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -78,71 +77,65 @@ def runs_several_processes(trainer_cfg: DictConfig) -> bool:
     return "ddp" in name.lower() or several
 
 
-@contextmanager
-def sweep_job(cfg: DictConfig) -> Iterator[None]:
-    """Set up one job of a multirun (nothing for a single run): threads, its GPU, how DDP ranks start."""
-    if not is_multirun():
-        yield
-        return
-    hydra_cfg = HydraConfig.get()
-    launcher = str(hydra_cfg.launcher.get("_target_", ""))
-    with ExitStack() as cleanup:
-        if "Joblib" in launcher:
-            if runs_several_processes(cfg.trainer):
-                raise ConfigError(
-                    "trainer=ddp/ddp_cpu starts processes of its own, which joblib's workers cannot host; run DDP "
-                    "jobs with the sequential launcher (no hydra/launcher override) or hydra/launcher=slurm."
-                )
-            cpus = available_cpus()
-            parallel = parallel_jobs(int(hydra_cfg.launcher.n_jobs), cpus)
-            set_threads(threads_per_job(cpus, parallel), f"{cpus} cores / {parallel} parallel jobs")
-            slots = max(1, int(hydra_cfg.launcher.get("jobs_per_gpu", 1)))
-            pin_gpu(cfg, hydra_cfg.job.num, Path(hydra_cfg.sweep.dir) / ".gpu-locks", cleanup, slots)
-        elif os.environ.get("SLURM_CPUS_PER_TASK"):
-            set_threads(int(os.environ["SLURM_CPUS_PER_TASK"]), "SLURM_CPUS_PER_TASK")
-        cleanup.enter_context(relaunch_as_single_run(hydra_cfg, cfg.get("ckpt_path")))
-        yield
-
-
 def set_threads(threads: int, why: str) -> None:
-    """Give this job ``threads`` torch threads (and the same for OpenMP in any process it starts)."""
+    """Give this job ``threads`` torch threads (a process-wide setting: each job of a process sets its own)."""
+    import torch
+
     torch.set_num_threads(threads)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
     log.info("torch threads: %d (%s)", threads, why)
 
 
-def pin_gpu(cfg: DictConfig, job_num: int, lock_dir: Path, cleanup: ExitStack, slots: int = 1) -> None:
-    """Run a one-device GPU job on a GPU slot of its own (``trainer.devices=[i]``), when this machine has GPUs."""
+def gpu_slot(trainer_cfg: DictConfig, job_num: int, lock_dir: Path, slots: int = 1) -> tuple[Any, IO[str] | None]:
+    """The devices of a one-device GPU job of a parallel sweep: a GPU slot of its own (``[i]``) and the lock that
+    holds it; the trainer's own ``devices`` (and no lock) on a machine without GPUs or for other jobs."""
+    import torch
+
+    devices = trainer_cfg.get("devices")
     n_gpus = torch.cuda.device_count()
-    if n_gpus == 0 or cfg.trainer.get("accelerator") not in ("auto", "gpu", "cuda") or cfg.trainer.devices != 1:
-        return
+    if n_gpus == 0 or trainer_cfg.get("accelerator") not in ("auto", "gpu", "cuda") or devices != 1:
+        return devices, None
     gpu, lock = claim_gpu(job_num, n_gpus, lock_dir, slots)
-    if lock is not None:
-        cleanup.callback(lock.close)
-    cfg.trainer.devices = [gpu]
     log.info("job %d runs on GPU %d of %d (%d jobs per GPU)", job_num, gpu, n_gpus, slots)
+    return [gpu], lock
 
 
 @contextmanager
-def relaunch_as_single_run(hydra_cfg: DictConfig, ckpt_path: str | None = None) -> Iterator[None]:
-    """Make this job's DDP ranks start as single runs of this one job, in its folder.
+def ddp_ranks_start_as_this_job(overrides: list[str], run_dir: Path, ckpt_path: str | None,
+                                pruned_trial: bool) -> Iterator[None]:  # fmt: skip
+    """Make the DDP ranks Lightning starts for this job run this one job, in its run dir, from its checkpoint.
 
-    Lightning starts the other ranks by rerunning ``sys.argv`` plus ``hydra.run.dir=<run dir>``; in a multirun
-    that argv is the whole sweep (hydra #2070), and ``hydra.run.dir`` is not the job's folder. Afterwards the
-    process group and the variables Lightning set (``LOCAL_RANK``, ``MASTER_PORT``, ...) go, so that the next
-    job of the sweep starts ranks of its own instead of taking itself for one. A job resumed from its checkpoint
-    (``ckpt_path``, set by ``cnnlab.resume``) has its ranks resume from it too.
+    Lightning starts the other ranks by rerunning ``sys.argv`` plus ``hydra.run.dir=<HydraConfig's run.dir>``
+    (``_hydra_subprocess_cmd``); it has no other way in. So, for as long as the job runs:
+
+    - ``sys.argv`` is this job's overrides (in a multirun it is the whole sweep: hydra #2070), with ``ckpt_path`` the
+      checkpoint rank 0 resolved (``ckpt_path=last`` resolved again in a rank could pick another run);
+    - HydraConfig's ``run.dir`` is the job's run dir (a sweep job's, or the run a resumed single run writes into);
+    - ``CNNLAB_PRUNED_TRIAL=1`` tells the ranks of a pruned search's trial to take part in each pruning decision.
+
+    Afterwards all three are restored, the variables Lightning set (``LOCAL_RANK``, ``MASTER_PORT``, ...) go and the
+    process group is destroyed, so that the next job of a sweep starts ranks of its own.
     """
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
     saved_argv, saved_env = sys.argv[:], dict(os.environ)
-    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("ckpt_path=")]
-    sys.argv = [sys.argv[0], *overrides, *([f"ckpt_path={ckpt_path}"] if ckpt_path else [])]
-    with read_write(hydra_cfg), open_dict(hydra_cfg):
-        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+    kept = [o for o in overrides if not o.startswith("ckpt_path=")]
+    sys.argv = [sys.argv[0], *kept, *([f"ckpt_path={ckpt_path}"] if ckpt_path else [])]
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    saved_run_dir = hydra_cfg.run.dir if hydra_cfg is not None else None
+    if hydra_cfg is not None:
+        with read_write(hydra_cfg), open_dict(hydra_cfg):
+            hydra_cfg.run.dir = str(run_dir)
+    if pruned_trial:
+        os.environ[PRUNED_TRIAL] = "1"
     try:
         yield
     finally:
         sys.argv = saved_argv
         os.environ.clear()
         os.environ.update(saved_env)
+        if hydra_cfg is not None:
+            with read_write(hydra_cfg), open_dict(hydra_cfg):
+                hydra_cfg.run.dir = saved_run_dir
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -15,6 +15,8 @@ from hydra.utils import instantiate
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from cnnlab.vocab import Tag
+
 InitName = Literal["xavier_uniform", "xavier_normal", "kaiming_uniform", "kaiming_normal", "default"]
 # torch.nn.init's function of each name; default: PyTorch's own initialisation
 INITS = {name: None if name == "default" else getattr(nn.init, f"{name}_") for name in get_args(InitName)}
@@ -56,9 +58,11 @@ class ClassifierModule(pl.LightningModule):
         # One example input: the model summary shows each layer's input/output sizes and the FLOPs.
         size = int(model.get("image_size", 28))
         self.example_input_array = torch.zeros(1, int(model.get("in_channels", 1)), size, size)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # validate_args=False: torchmetrics' checks read torch.unique(target) back to the host on every update (a GPU
+        # sync per step); the labels come from the data module, checked once when it loads them.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         # NHWC lets oneDNN/cuDNN run the small convolutions and pooling ~1.5x faster; a 1-channel input is
         # already NHWC in memory, so the per-batch ``contiguous`` below costs nothing.
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -87,8 +91,8 @@ class ClassifierModule(pl.LightningModule):
         logits = self.train_forward(x.contiguous(memory_format=self.memory_format))
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         self.train_acc.update(logits, y)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=False)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(Tag.TRAIN_LOSS, loss, on_step=True, on_epoch=True, prog_bar=False)
+        self.log(Tag.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
     def _evaluate(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
@@ -102,8 +106,8 @@ class ClassifierModule(pl.LightningModule):
             logits = self(x)
             metric.update(logits, y)
             loss = F.cross_entropy(logits, y)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(Tag.of(stage, "loss"), loss, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(Tag.of(stage, "acc"), metric, on_step=False, on_epoch=True, prog_bar=True)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")

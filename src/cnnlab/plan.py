@@ -1,43 +1,23 @@
 """One plan per job: what it does (skip, resume, run), where it writes and when it started, decided once.
 
-``plan_job`` reads the run dir and the config and decides; nothing changes on disk. ``started`` carries the plan
-out, always in this order:
-
-1. the run dir is taken for this process (``rundir.hold``: a second driver is refused), for a resumed run or a
-   sweep job;
-2. a failed attempt is set aside, or the dir Hydra made for this command is folded into the resumed run's dir;
-3. the config gets the plan's ``ckpt_path`` and ``paths.output_dir``;
-4. a sweep job gets its threads and its GPU (``trainer.devices``), and its DDP ranks start as single runs of it
-   (``cnnlab.launch.sweep_job``).
+``plan_job`` reads the run dir and the config and decides; nothing changes on disk. ``cnnlab.job.job_context``
+carries the plan out. Light: no torch, so a job that is skipped or refused costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig
 
 from cnnlab.errors import ConfigError
-from cnnlab.rundir import (
-    LAST,
-    RunRecord,
-    fold_into,
-    hold,
-    is_rank_zero,
-    job_state,
-    read_record,
-    run_dir_of,
-    runs_with_checkpoint,
-    set_aside_failed_attempt,
-)
+from cnnlab.rundir import LAST, RunRecord, is_held, job_state, read_record, run_dir_of, runs_with_checkpoint
 from cnnlab.runtime import is_multirun
+from cnnlab.vocab import JobState
 
 log = logging.getLogger("cnnlab.plan")
 
@@ -72,11 +52,11 @@ def plan_job(cfg: DictConfig) -> JobPlan:
     plan = JobPlan("run", output_dir, startup_from=job_start_time())
     if is_multirun() and not ckpt_path:  # a sweep re-run in its dir: each job picks up where it stopped
         state = job_state(output_dir)
-        if state == "finished":
+        if state == JobState.FINISHED:
             return replace(plan, action="skip", finished=read_record(output_dir))
-        if state == "interrupted":
+        if state == JobState.INTERRUPTED:
             return replace(plan, action="resume", ckpt_path=str(output_dir / LAST))
-        return replace(plan, set_aside_failed=state == "failed")
+        return replace(plan, set_aside_failed=state == JobState.FAILED)
     if str(ckpt_path) == "last":
         ckpt_path = str(newest_last_checkpoint(Path(cfg.paths.log_dir), cfg.run_name))
     if not ckpt_path:
@@ -90,46 +70,21 @@ def plan_job(cfg: DictConfig) -> JobPlan:
 
 
 def newest_last_checkpoint(log_dir: Path, run_name: str) -> Path:
-    """``ckpt_path=last``: ``<log_dir>/<run_name>/<newest run>/checkpoints/last.ckpt``.
-
-    DDP ranks that Lightning starts later resolve ``last`` again, in the run dir rank 0 chose: the same answer.
+    """``ckpt_path=last``: ``<log_dir>/<run_name>/<newest run>/checkpoints/last.ckpt`` of the runs that no live process
+    drives (a run still training is left alone). Resolved once, by process 0: the DDP ranks it starts get the path.
     """
     runs = runs_with_checkpoint(log_dir, run_name)
-    if not runs:
+    running = [run for run in runs if is_held(run)]
+    idle = [run for run in runs if run not in running]
+    if not idle:
+        still = f" ({len(running)} still running: {', '.join(r.name for r in running)})" if running else ""
         raise ConfigError(
-            f"ckpt_path=last: no run of {run_name} under {log_dir} has a {LAST}; give the checkpoint's path "
-            f"(ckpt_path=<run dir>/{LAST}) or the run_name=... and paths.log_dir=... of the run to resume."
+            f"ckpt_path=last: no run of {run_name} under {log_dir} has a {LAST} to resume{still}; give the "
+            f"checkpoint's path (ckpt_path=<run dir>/{LAST}) or the run_name=... and paths.log_dir=... of the run."
         )
-    log.info("ckpt_path=last: resuming %s, the newest of %d runs of %s", runs[-1], len(runs), run_name)
-    return runs[-1] / LAST
-
-
-@contextmanager
-def started(cfg: DictConfig, plan: JobPlan) -> Iterator[JobPlan]:
-    """Carry out ``plan`` (the steps of this module's docstring, in order) for as long as the job runs."""
-    from cnnlab.launch import sweep_job  # torch: imported once the job runs, not to plan it
-
-    with ExitStack() as job:
-        if (plan.action == "resume" or is_multirun()) and is_rank_zero():
-            job.callback(hold(plan.output_dir, "driven").close)
-        if plan.set_aside_failed:
-            kept = set_aside_failed_attempt(plan.output_dir)
-            log.info("job %s failed before: running it again from scratch (the failed attempt is in %s)",
-                     plan.output_dir.name, kept.name)  # fmt: skip
-        elif plan.action == "resume" and is_multirun():
-            log.info("job %s was interrupted: resuming from %s", plan.output_dir.name, plan.ckpt_path)
-        if plan.fold_from is not None:
-            log.info("resuming into %s", plan.output_dir)
-            if is_rank_zero() and HydraConfig.initialized():
-                fold_into(plan.fold_from, plan.output_dir)
-                hydra_cfg = HydraConfig.get()
-                with read_write(hydra_cfg), open_dict(hydra_cfg):  # DDP ranks that Lightning starts run there too
-                    hydra_cfg.run.dir = hydra_cfg.runtime.output_dir = str(plan.output_dir)
-        with open_dict(cfg):
-            cfg.ckpt_path = plan.ckpt_path
-            cfg.paths.output_dir = str(plan.output_dir)
-        job.enter_context(sweep_job(cfg))
-        yield plan
+    also = f"; {', '.join(r.name for r in running)} still running, left alone" if running else ""
+    log.info("ckpt_path=last: resuming %s, the newest of %d runs of %s%s", idle[-1], len(runs), run_name, also)
+    return idle[-1] / LAST
 
 
 def skipped(plan: JobPlan) -> RunRecord:

@@ -13,13 +13,12 @@ asks the pruner; every DDP rank gets its answer, and all stop after the same epo
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from cnnlab.runtime import is_multirun
+from cnnlab.vocab import Tag
 
 if TYPE_CHECKING:
     import optuna
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("cnnlab.pruning")
 
 SWEEPER = "hydra_plugins.cnnlab_plugins.plugins.OptunaSweeper"
-PRUNED_TRIAL = "CNNLAB_PRUNED_TRIAL"
 
 
 class TrialPruning(Callback):
@@ -43,7 +41,7 @@ class TrialPruning(Callback):
             return
         prune = False
         if trainer.is_global_zero and self.trial is not None:
-            accuracy = trainer.callback_metrics.get("val/acc")
+            accuracy = trainer.callback_metrics.get(Tag.VAL_ACC)
             if accuracy is not None:
                 self.trial.report(float(accuracy), step=trainer.current_epoch)
                 last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
@@ -55,26 +53,15 @@ class TrialPruning(Callback):
             log.info("pruned after epoch %d: val acc below what the pruner keeps", self.pruned_after)
 
 
-def trial_pruning() -> TrialPruning | None:
-    """The callback for this job when it is a trial of a pruned cnnlab search; None otherwise (costs nothing).
+def pruning_callback(trial: optuna.Trial | None, takes_part: bool) -> TrialPruning | None:
+    """The callback for a job of a pruned search (``cnnlab.job.JobContext``): process 0 with its ``trial``, another
+    DDP rank with none (it takes rank 0's answer); None for every other job (it costs nothing)."""
+    return TrialPruning(trial) if takes_part else None
 
-    The DDP ranks that Lightning starts are single runs of the job: ``PRUNED_TRIAL`` in their environment (set by
-    process 0, inherited) tells them to take part in every decision.
-    """
-    from cnnlab.rundir import is_rank_zero
 
-    if not is_multirun():
-        return TrialPruning(None) if os.environ.get(PRUNED_TRIAL) and not is_rank_zero() else None
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra_cfg = HydraConfig.get()
-    sweeper = hydra_cfg.sweeper
-    if str(sweeper.get("_target_", "")) != SWEEPER or str(sweeper.get("pruner") or "none") == "none":
-        return None
-    if not is_rank_zero():  # a SLURM task of a DDP job: rank 0 asks the pruner
-        return TrialPruning(None)
-    os.environ[PRUNED_TRIAL] = "1"  # the job's environment is restored when it ends (cnnlab.launch)
-    return TrialPruning(job_trial(sweeper, int(hydra_cfg.job.num)))
+def pruned_search(hydra_sweeper: Any) -> bool:
+    """Whether the sweep is a cnnlab Optuna search with a pruner (its jobs report after every epoch)."""
+    return str(hydra_sweeper.get("_target_", "")) == SWEEPER and str(hydra_sweeper.get("pruner") or "none") != "none"
 
 
 def job_trial(sweeper: Any, number: int) -> optuna.Trial:

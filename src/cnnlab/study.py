@@ -110,6 +110,15 @@ def settings(sweeper: Mapping[str, Any]) -> SearchSettings:
     return SearchSettings(str(name), sweeper.get("storage"), objectives, pruner, args)
 
 
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def trials_in_flight(sweeper: Mapping[str, Any], launcher_target: str) -> int:
+    """How many trials run at once: ``hydra.sweeper.n_jobs`` with a parallel launcher (joblib, SLURM), one with
+    Hydra's basic launcher (it runs its jobs in the sweep's own process, one after another)."""
+    return 1 if launcher_target == BASIC_LAUNCHER else max(1, int(sweeper.get("n_jobs") or 1))
+
+
 def pruner_class(name: str) -> type:
     import optuna
 

@@ -15,11 +15,12 @@ runs this (``sweeps/optuna.yaml``, ``sweeps/search.yaml``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cnnlab import study as studies
 from cnnlab.errors import ConfigError
-from cnnlab.rundir import RunRecord, Status, read_record
+from cnnlab.rundir import RunRecord, read_record
+from cnnlab.vocab import FINISHED, Status, SweepFiles
 
 log = logging.getLogger("cnnlab.sweeper")
-
-BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-
 
 class Search:
     """One search: its study (and the pruning study beside a multi-objective one), space, sampler and launcher."""
@@ -49,9 +48,8 @@ class Search:
         self.sampler, grid_size = build_sampler(sweeper.get("sampler") or {}, self.space)
         self.n_trials = min(int(sweeper.n_trials), grid_size or int(sweeper.n_trials))
         self.launcher = launcher
-        parallel = str(config.hydra.launcher.get("_target_", "")) != BASIC_LAUNCHER
-        self.slots = max(1, int(sweeper.get("n_jobs") or 1)) if parallel else 1
-        if not parallel and int(sweeper.get("n_jobs") or 1) > 1:
+        self.slots = studies.trials_in_flight(sweeper, str(config.hydra.launcher.get("_target_", "")))
+        if self.slots == 1 and int(sweeper.get("n_jobs") or 1) > 1:
             log.info("hydra.sweeper.n_jobs=%s with the basic launcher: one trial at a time (hydra/launcher=joblib or "
                      "slurm runs them in parallel)", sweeper.n_jobs)  # fmt: skip
         storage = self.settings.storage
@@ -75,7 +73,13 @@ class Search:
     # ---- the loop ----------------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Rerun the trials a stopped sweep left running, then keep ``slots`` trials in flight up to ``n_trials``."""
+        """Rerun the trials a stopped sweep left running, then keep ``slots`` trials in flight up to ``n_trials``.
+
+        One slot (Hydra's basic launcher): each trial runs in this, the main, thread, so Ctrl-C and SIGTERM reach
+        it (Python delivers signals to the main thread only), and it stops after its step with ``last.ckpt`` saved.
+        Several slots: a thread each, calling a launcher whose jobs run in processes of their own (joblib's workers,
+        SLURM), each with its own signal handlers.
+        """
         trials = [t for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]  # not enqueued
         stopped = [t for t in trials if t.state == TrialState.RUNNING]
         if trials:
@@ -84,20 +88,30 @@ class Search:
         to_ask = max(0, self.n_trials - len(trials))
         if not to_ask and not stopped:
             log.info("the study has its %d trials: nothing left to run", len(trials))
-        with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="cnnlab-trial") as pool:
-            in_flight: dict[Future[JobReturn], int] = {}
-            queue = list(stopped)
-            while queue or to_ask or in_flight:
-                while len(in_flight) < self.slots and (queue or to_ask):
-                    if queue:
-                        number, overrides = self.rerun(queue.pop(0))
-                    else:
-                        number, overrides = self.ask()
-                        to_ask -= 1
-                    in_flight[pool.submit(self.launch, number, overrides)] = number
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    self.tell(in_flight.pop(future), future)
+        queue = list(stopped)
+
+        def next_trial() -> tuple[int, list[str]]:
+            nonlocal to_ask
+            if queue:
+                return self.rerun(queue.pop(0))
+            to_ask -= 1
+            return self.ask()
+
+        if self.slots == 1:
+            while queue or to_ask:
+                number, overrides = next_trial()
+                self.tell(number, self.came_back(number, functools.partial(self.launch, number, overrides)))
+        else:
+            with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="cnnlab-trial") as pool:
+                in_flight: dict[Future[JobReturn], int] = {}
+                while queue or to_ask or in_flight:
+                    while len(in_flight) < self.slots and (queue or to_ask):
+                        number, overrides = next_trial()
+                        in_flight[pool.submit(self.launch, number, overrides)] = number
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        number = in_flight.pop(future)
+                        self.tell(number, self.came_back(number, future.result))
         self.write_results()
 
     def ask(self) -> tuple[int, list[str]]:
@@ -116,18 +130,23 @@ class Search:
         (result,) = self.launcher.launch([overrides], initial_job_idx=number)
         return result
 
-    def tell(self, number: int, future: Future[JobReturn]) -> None:
-        """Tell the study how trial ``number`` ended, from its job's record."""
+    @staticmethod
+    def came_back(number: int, result: Callable[[], JobReturn]) -> JobReturn | None:
+        """The job's return; None when the launcher itself failed (a lost SLURM job): the trial failed. A Ctrl-C in
+        the trial (``SystemExit``) goes on up: the search stops, and ``cnnlab.resume`` continues it."""
         try:
-            result = future.result()
-        except Exception as err:  # the launcher itself failed (a lost SLURM job): the trial failed
+            return result()
+        except Exception as err:
             log.warning("trial %d: its job did not come back (%s: %s)", number, type(err).__name__, err)
-            result = None
+            return None
+
+    def tell(self, number: int, result: JobReturn | None) -> None:
+        """Tell the study how trial ``number`` ended, from its job's record."""
         record = job_record(result)
         trial = self.study.get_trials(deepcopy=False)[number]
         pruning_number = trial.user_attrs.get(studies.PRUNING_TRIAL_ATTR)
         values = None
-        if record is None or record.status not in (Status.OK, Status.PRUNED):
+        if record is None or record.status not in FINISHED:
             state = TrialState.FAIL
         elif record.status == Status.PRUNED:
             state = TrialState.PRUNED
@@ -160,7 +179,7 @@ class Search:
                                                        for t in self.study.best_trials]}  # fmt: skip
             log.info("Pareto front: %d trials (%s)", len(self.study.best_trials),
                      ", ".join(str(t.number) for t in self.study.best_trials))  # fmt: skip
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / SweepFiles.BEST)
 
 
 def build_sampler(cfg: Any, space: dict[str, Any]) -> tuple[optuna.samplers.BaseSampler, int | None]:

@@ -1,8 +1,16 @@
 """Train one model: ``python -m cnnlab.train [overrides]`` (Hydra; ``-m`` sweeps).
 
-Check the overrides, compose the config, plan the job and validate it, all without torch; then build data, model
-and trainer, fit, test and write ``metrics.json`` into the run dir (``cnnlab.run``); return the validation accuracy
-(the objective sweepers maximise).
+The path of one job, in order (``train``):
+
+1. ``cnnlab.schemas.check_overrides``: the command line, before Hydra composes (``cli``);
+2. Hydra composes ``conf/config.yaml`` with the overrides (typed schemas refuse unknown keys and wrong types);
+3. ``cnnlab.plan.plan_job``: skip (finished before), resume (from its ``last.ckpt``) or run; its run dir;
+4. ``cnnlab.validate.validate_config``: the ranges and the rules that join two settings; nothing is built yet;
+5. ``cnnlab.job.job_context``: rank, run dir lock, failed attempt or fold, threads, GPU, trial, the job's config;
+6. ``cnnlab.run.run_job``: build data, model, trainer -> fit -> test -> record (``metrics.json``).
+
+Steps 1-4 need neither torch nor Lightning: a config mistake answers at once. The entry point returns the validation
+accuracy, the objective sweepers maximise.
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from cnnlab import environment
 from cnnlab.config import CONF_DIR
 from cnnlab.errors import RunInterrupted, exit_on_user_error, user_error
-from cnnlab.plan import plan_job, skipped, started
+from cnnlab.plan import plan_job, skipped
 from cnnlab.rundir import DirBusy, record_failure
 from cnnlab.runtime import help_page, is_multirun
 from cnnlab.schemas import check_overrides
@@ -27,19 +36,19 @@ log = logging.getLogger("cnnlab.train")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """One job: plan it (``cnnlab.plan``), validate it, then fit, test and write its record (``cnnlab.run``); returns
-    the record as ``metrics.json`` has it. A sweep job that finished before is skipped and returns its earlier record.
-
-    Everything up to the run itself needs neither torch nor Lightning: a config mistake answers at once.
-    """
+    """One job (the steps of this module's docstring); returns its record as ``metrics.json`` has it. A sweep job that
+    finished before is skipped and returns its earlier record."""
     plan = plan_job(cfg)
+    if not is_multirun():
+        environment.tell_the_api(run_dir=plan.output_dir)
     if plan.action == "skip":
         return skipped(plan).as_json()
     validate_config(cfg)  # before the job starts: a bad config moves and locks nothing
-    with started(cfg, plan):
-        from cnnlab.run import fit_and_test
+    from cnnlab.job import job_context
+    from cnnlab.run import run_job  # torch, Lightning: once the job runs
 
-        return fit_and_test(cfg, plan).as_json()
+    with job_context(cfg, plan) as ctx:
+        return run_job(ctx).as_json()
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -63,8 +72,21 @@ def main(cfg: DictConfig) -> float | None:
         except Exception as err:
             if not is_multirun():
                 raise
-            record_failure(cfg.paths.output_dir, user_error(err) or err, wall_s=time.time() - start)
+            if environment.is_rank_zero():
+                record_failure(cfg.paths.output_dir, user_error(err) or err, wall_s=time.time() - start,
+                               fingerprint=known_fingerprint(cfg))  # fmt: skip
             return None
+
+
+def known_fingerprint(cfg: DictConfig) -> tuple[str, dict[str, Any]] | None:
+    """The failed job's fingerprint, so the report counts the failure against its configuration; None when the
+    config itself cannot be resolved (the failure's own error says why)."""
+    from cnnlab.job import job_fingerprint
+
+    try:
+        return job_fingerprint(cfg)
+    except Exception:
+        return None
 
 
 def cli() -> None:

@@ -84,10 +84,17 @@ def check_training_switches(cfg: DictConfig) -> None:
             "Fashion-MNIST, whose shoes all face left, that costs accuracy (README: Past the chapter). Add flip to "
             "data.augment or set tta=false."
         )
-    warmup, max_epochs = cfg.scheduler.get("warmup_epochs") or 0, cfg.trainer.get("max_epochs")
+    scheduler = cfg.get("scheduler") or {}  # scheduler: null in a config file is no schedule, as scheduler=none
+    warmup, max_epochs = scheduler.get("warmup_epochs") or 0, cfg.trainer.get("max_epochs")
     if warmup < 0 or (max_epochs and max_epochs > 0 and warmup >= max_epochs):
         raise ConfigError(
             f"scheduler.warmup_epochs={warmup} must be >= 0 and shorter than the run (trainer.max_epochs={max_epochs})."
+        )
+    if warmup and str(scheduler.get("_target_", "")).endswith(".OneCycleLR"):
+        raise ConfigError(
+            f"scheduler.warmup_epochs={warmup} with scheduler=onecycle would warm up twice (a linear warm-up that ends "
+            f"where one-cycle starts, at a 25th of its peak, then one-cycle's own); one-cycle has its warm-up built "
+            f"in: leave scheduler.warmup_epochs at 0 and set scheduler.pct_start (the share of the run it warms up)."
         )
 
 

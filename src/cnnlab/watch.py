@@ -18,8 +18,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cnnlab.rundir import METRICS, BadRecord, RunRecord, Status, job_state, read_record
+from cnnlab.rundir import BadRecord, RunRecord, job_state, read_record
 from cnnlab.sweepspace import swept_overrides
+from cnnlab.vocab import JobState, RunFiles, Status
 
 POLL_S = 1.0
 
@@ -45,7 +46,7 @@ def progress_line(done: int, total: int | None, label: str, record: RunRecord, e
     if record.status == Status.PRUNED:  # stopped by the search's pruner: its last validation accuracy
         val = f", val acc {record.val_acc:.3f}" if isinstance(record.val_acc, float) else ""
         result = f"pruned after {record.epochs} epoch{'s' if record.epochs != 1 else ''}{val}"
-    elif record.status != "ok":
+    elif record.status != Status.OK:
         error = str(record.error or "").strip()
         result = f"{record.status} ({error.splitlines()[0][:100]})" if error else record.status
     else:
@@ -69,7 +70,8 @@ class SweepProgress(Callback):
         self.total = sweep_size(config)
         # Finished before a resume: counted. A failed job's old metrics.json is not this sweep's result: it is
         # older than the sweep, and the job's rerun writes a new one.
-        self.seen = {p.parent for p in self.sweep_dir.glob(f"*/{METRICS}") if job_state(p.parent) == "finished"}
+        self.seen = {p.parent for p in self.sweep_dir.glob(f"*/{RunFiles.METRICS}")
+                     if job_state(p.parent) == JobState.FINISHED}  # fmt: skip
         self.before = len(self.seen)
         self.start, self.started_at = time.monotonic(), time.time()
         self.stop = threading.Event()
@@ -90,7 +92,7 @@ class SweepProgress(Callback):
 
     def _report_new(self) -> None:
         new = []
-        for metrics_file in self.sweep_dir.glob(f"*/{METRICS}"):
+        for metrics_file in self.sweep_dir.glob(f"*/{RunFiles.METRICS}"):
             try:  # a failed job's rerun may move its old file away meanwhile
                 written = metrics_file.stat().st_mtime
             except OSError:

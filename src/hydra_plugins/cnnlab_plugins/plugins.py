@@ -126,7 +126,7 @@ class JoblibLauncher(HydraJoblibLauncher):
     """Hydra's joblib launcher with ``jobs_per_gpu``: how many of its parallel jobs share one GPU.
 
     The launcher checks it before any job starts (joblib itself has no use for it); each job reads it from its Hydra
-    config and takes a free slot of a GPU (``cnnlab.launch.pin_gpu``).
+    config and takes a free slot of a GPU (``cnnlab.launch.gpu_slot``).
     """
 
     def __init__(self, jobs_per_gpu: int = 1, **joblib_kwargs: Any) -> None:
