@@ -36,6 +36,24 @@ def test_train_gives_the_command_lines_metrics_bit_for_bit(tmp_path, tiny_data_d
 
 
 @pytest.mark.slow
+def test_a_quiet_run_is_found_from_its_files_and_its_history_keeps_each_value_at_its_epoch(
+    tmp_path, tiny_data_dir, monkeypatch
+):
+    """Nothing printed (Hydra's logging off): the run is still found (the API reads files, not lines). Validation
+    every second epoch: its accuracies belong to epochs 2 and 4, not 1 and 2."""
+    monkeypatch.chdir(tmp_path)
+    run = api.train(*TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", "trainer.max_epochs=4",
+                    "trainer.check_val_every_n_epoch=2", "hydra/job_logging=disabled", live=False)  # fmt: skip
+    history = run.history
+    assert list(history.index) == [1, 2, 3, 4] and history["train_loss"].notna().all()
+    assert list(history["val_acc"].dropna().index) == [2, 4]
+    assert history["val_acc"][4] == pytest.approx(run.metrics["val_acc"])
+    from cnnlab.plot import read_curves
+
+    assert list(read_curves(run.run_dir)["val/acc"]) == [2, 4]  # the report's picture: the same epochs
+
+
+@pytest.mark.slow
 def test_sweep_gives_a_row_per_job_and_the_seeds_aggregated(tmp_path, tiny_data_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep = api.sweep(*TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}", "model=lenet,lenet_maxpool", "seed=1,2")

@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from cnnlab.plot import read_curves
 from cnnlab.report import main, write_report
 from cnnlab.runs import aggregate_seeds, load_runs, run_labels
-from conftest import run_cli
+from conftest import TINY_OVERRIDES, run_cli
 
 
 def fake_run(
@@ -100,8 +100,8 @@ def test_report_lists_every_run_best_first_with_failures_last(sweep_dir):
 
 def test_report_reads_the_training_curves(sweep_dir):
     curves = read_curves(sweep_dir / "1_model=lenet_maxpool")
-    assert curves["val/acc"] == pytest.approx([0.7, 0.8, 0.82])
-    assert curves["train/loss_epoch"] == pytest.approx([0.3, 0.2, 0.18])
+    assert curves["val/acc"] == pytest.approx({1: 0.7, 2: 0.8, 3: 0.82})  # by epoch (these events have no epochs)
+    assert curves["train/loss_epoch"] == pytest.approx({1: 0.3, 2: 0.2, 3: 0.18})
     assert read_curves(sweep_dir / "3_model=lenet_bn") == {}
 
 
@@ -266,10 +266,10 @@ def test_overrides_every_run_shares_are_written_once_above_the_table(tmp_path):
     report = (root / "report.md").read_text()
     configs_at, runs_at = report.index("## Configurations"), report.index("## Runs")
     configs_part, runs_part = report[configs_at:runs_at], report[runs_at:]
-    for part, what in ((configs_part, "configurations"), (runs_part, "runs")):
+    for part, what, column in ((configs_part, "configurations", "configuration"), (runs_part, "runs", "overrides")):
         line = f"All {what}: experiment=fashion_frontier trainer.max_epochs=3\n"
         assert part.count("experiment=fashion_frontier") == 1 and part.count("max_epochs") == 1
-        assert part.index(line) < part.index("| # | model | overrides |")
+        assert part.index(line) < part.index(f"| # | model | {column} |")
     assert "| 1 | lenet | optimizer.lr=0.01,seed=1 |" in runs_part  # only what differs between the runs
     assert "| 2 | lenet | optimizer.lr=0.1,seed=2 |" in runs_part
     assert "| 1 | lenet | optimizer.lr=0.01 |  | 1 | 0.820 |" in configs_part  # the seed is grouped away
@@ -377,3 +377,105 @@ def test_one_seed_per_configuration_has_no_interval_and_no_test(tmp_path):
     write_report(root)
     report = (root / "report.md").read_text()
     assert "95% CI" not in report and "Welch" not in report
+
+
+def identified(test_acc: float, settings: dict, **extra) -> dict:
+    """A finished run's metrics as runs write them now: with the fingerprint of its settings and the settings."""
+    from cnnlab.fingerprint import fingerprint_of
+
+    return {**finished(test_acc), "fingerprint": fingerprint_of(settings), "identity": settings, **extra}
+
+
+LENET = {"model._target_": "cnnlab.models.LeNet", "model.activation": "sigmoid", "optimizer.lr": 0.9}
+
+
+def test_runs_of_one_seed_are_repeats_not_seeds(tmp_path):
+    root = tmp_path / "logs" / "lenet-fashion_mnist"
+    for i, (seed, acc) in enumerate([(42, 0.80), (42, 0.82), (7, 0.78)]):
+        fake_run(root, f"2025-01-0{i + 1}_00-00-00_000000", "lenet", "", identified(acc, LENET), seed=seed)
+    (config,) = aggregate_seeds(load_runs(tmp_path / "logs"))
+    assert (config["n"], config["repeats"]) == (2, 1)  # seeds 42 and 7; the second seed-42 run repeats the first
+    assert config["test_acc_mean"] == pytest.approx(statistics.mean([0.81, 0.78]))  # seed 42: its repeats' mean
+    assert config["val_accs"] == pytest.approx([0.82, 0.79])
+    two_repeats = tmp_path / "repeats"
+    for i in range(2):  # the same seed twice is no sample of the spread: no std, no interval
+        fake_run(two_repeats, str(i), "lenet", "", identified(0.80 + i / 100, LENET), seed=42)
+    (config,) = aggregate_seeds(load_runs(two_repeats))
+    assert (config["n"], config["repeats"], config["val_acc_std"], config["val_acc_ci95"]) == (1, 1, None, None)
+    write_report(two_repeats)
+    report = (two_repeats / "report.md").read_text()
+    assert "| repeats |" in report and "95% CI" not in report
+
+
+def test_configurations_differ_by_fingerprint_and_are_named_by_what_differs(tmp_path):
+    root = tmp_path / "logs"
+    relu = {**LENET, "model.activation": "relu"}
+    fake_run(root, "a", "lenet_relu", "model=lenet_relu", identified(0.80, {**relu, "optimizer.lr": 0.1}), seed=42)
+    fake_run(root, "b", "lenet_relu", "model=lenet_relu", identified(0.10, {**relu, "optimizer.lr": 0.9}), seed=42)
+    fake_run(root, "c", "lenet", "model=lenet", identified(0.75, LENET), seed=42)
+    configs = aggregate_seeds(load_runs(root))
+    assert [(c["model"], c["configuration"], c["n"]) for c in configs] == [
+        ("lenet_relu", "optimizer.lr=0.1", 1),  # the same model and command line: two experiments, by their lr
+        ("lenet", "optimizer.lr=0.9", 1),  # model.activation is said by the model's choice (its own column)
+        ("lenet_relu", "optimizer.lr=0.9", 1),
+    ]
+    write_report(root)
+    report = (root / "report.md").read_text()
+    assert "| # | model | configuration | tags | n |" in report
+    assert "| 1 | lenet_relu | optimizer.lr=0.1 |  | 1 |" in report
+    assert "| 3 | lenet_relu | optimizer.lr=0.9 |" in report
+    assert "written before runs had fingerprints" not in report
+    with open(root / "report_configs.csv") as f:
+        assert [c["fingerprint"] for c in csv.DictReader(f)] == [c["fingerprint"] for c in configs]
+
+
+def test_runs_from_before_fingerprints_are_grouped_as_then_and_the_report_says_so_once(tmp_path):
+    root = tmp_path / "logs"
+    fake_run(root, "old1", "lenet", "model=lenet", finished(0.80), seed=1)
+    fake_run(root, "old2", "lenet", "model=lenet", finished(0.82), seed=2)
+    fake_run(root, "new", "lenet", "model=lenet", identified(0.70, LENET), seed=1)
+    configs = aggregate_seeds(load_runs(root))
+    assert sorted((c["n"], bool(c["fingerprint"])) for c in configs) == [(1, True), (2, False)]
+    write_report(root)
+    report = (root / "report.md").read_text()
+    assert report.count("2 of these runs were written before runs had fingerprints") == 1
+
+
+def test_a_failed_attempt_set_aside_is_not_a_run(tmp_path):
+    root = tmp_path / "sweep"
+    job = fake_run(root, "0_model=lenet", "lenet", "model=lenet", identified(0.8, LENET))
+    fake_run(job, "failed-attempt-1", "", "model=lenet", {"status": "failed", "error": "RuntimeError: NaN"})
+    rows = write_report(root)
+    assert [(r["run"], r["status"]) for r in rows] == [("0_model=lenet", "ok")]
+    report = (root / "report.md").read_text()
+    summary = report.split("\n")[2]
+    assert summary.startswith("1 runs, 1 configurations") and "failed" not in summary, summary
+
+
+LOCAL = """# @package _global_
+data: {{verify_md5: false, download: false, val_size: 20, batch_size: 16, system_dir: /nonexistent, data_dir: {data}}}
+trainer: {{max_epochs: 1, limit_train_batches: 2, limit_val_batches: 1, limit_test_batches: 1,
+          enable_progress_bar: false, enable_model_summary: false}}
+callbacks: {{model_graph: null, activation_images: null, misclassified_images: null}}
+paths: {{log_dir: {logs}}}
+"""
+
+
+@pytest.mark.slow
+def test_the_chapter6_job_and_a_plain_run_of_its_model_are_two_configurations(tmp_path, tiny_data_dir):
+    """Same model, same command line (``model=lenet_relu``; the rest in this machine's conf/local), other learning
+    rates (sweeps/chapter6.yaml sets 0.1 for lenet_relu): two experiments, not two seeds of one."""
+    (tmp_path / "conf" / "local").mkdir(parents=True)
+    local = LOCAL.format(data=tiny_data_dir, logs=tmp_path / "logs")
+    (tmp_path / "conf" / "local" / "default.yaml").write_text(local)
+    for command in (["-m", "sweep=chapter6"], []):
+        result = run_cli("cnnlab.train", "--config-dir", str(tmp_path / "conf"), *command, "model=lenet_relu",
+                         cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    rows = load_runs(tmp_path / "logs")
+    assert [r["overrides"] for r in rows] == ["model=lenet_relu"] * 2  # the command lines cannot tell them apart
+    configs = aggregate_seeds(rows)
+    assert sorted((c["model"], c["configuration"], c["n"]) for c in configs) == [
+        ("lenet_relu", "optimizer.lr=0.1", 1), ("lenet_relu", "optimizer.lr=0.9", 1)]  # fmt: skip
+    assert main([str(tmp_path / "logs")]) == 0
+    assert "Welch" not in (tmp_path / "logs" / "report.md").read_text()  # no seeds to compare

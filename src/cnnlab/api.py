@@ -8,8 +8,10 @@
 
 Each call runs the command line itself (``python -m cnnlab.train ...`` with this interpreter, in a process of its
 own), so composition, validation, the run dir, ``metrics.json``, checkpoints and TensorBoard are the command line's,
-and the results are read back from its files. A user mistake raises ``CnnlabError`` with the command line's one-line
-message (no ``SystemExit``). Inside Jupyter a run draws its curves under the cell, one update per epoch, in place of
+and the results are read back from its files: the command writes its run dir or sweep dir (or the inspected walk)
+into a file this module names (``CNNLAB_RESULT_FILE``, ``cnnlab.environment.tell_the_api``), never parsed from what
+it prints. A user mistake raises ``CnnlabError`` with the command line's one-line message (no ``SystemExit``).
+Inside Jupyter a run draws its curves under the cell from its TensorBoard events, one update per epoch, in place of
 the epoch lines; elsewhere the lines print as the command line prints them.
 
 (``cnnlab.train`` and ``cnnlab.inspect`` are these functions as long as the modules of the same names, the command
@@ -18,8 +20,8 @@ line's, are not imported into this process; ``cnnlab.api.train`` always is.)
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -27,40 +29,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cnnlab.curves import epoch_curves
+from cnnlab.environment import RESULT_FILE
 from cnnlab.errors import CnnlabError
-from cnnlab.rundir import CHECKPOINTS, METRICS, read_record
+from cnnlab.rundir import read_record
+from cnnlab.vocab import RunFiles, SweepFiles, Tag
 
 ERROR = "cnnlab: error: "  # cnnlab.errors.exit_on_user_error's one line
-EPOCH_LINE = re.compile(r"^epoch (\d+)/\S+\s+(.*)$")  # cnnlab.console.EpochLines
-RUN_DIR_LINE = re.compile(r"^\s+run dir:\s+(.+?)(?: \(metrics\.json, checkpoints/\))?$")
-REPORT_LINE = re.compile(r"^report: (.+)/report\.md$")  # cnnlab.report.ReportAfterSweep
-SCALARS = {"train/loss_epoch": "train_loss", "train/acc": "train_acc", "val/acc": "val_acc",
-           "train/examples_per_sec": "examples_per_sec"}  # fmt: skip
+HISTORY = {Tag.TRAIN_LOSS_EPOCH: "train_loss", Tag.TRAIN_ACC: "train_acc", Tag.VAL_ACC: "val_acc",
+           Tag.EXAMPLES_PER_SEC: "examples_per_sec", "lr": "lr"}  # fmt: skip
 
 
-def run_command(module: str, args: list[str], on_line: Any = None) -> list[str]:
-    """``python -m module args`` in a process of its own; its stdout lines, each handed to ``on_line`` as it comes.
+def run_command(module: str, args: list[str], on_line: Any = None) -> dict[str, Any]:
+    """``python -m module args`` in a process of its own; what it left for this API (its run dir, sweep dir or walk).
+    Each stdout line is handed to ``on_line(line, results)`` as it comes (``results``: what it left so far).
 
     A user mistake (exit status 2, a ``cnnlab: error:`` line) raises ``CnnlabError`` with that line's message; any
     other failure raises it with the end of what the command printed.
     """
-    with tempfile.TemporaryFile(mode="w+") as errors:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with tempfile.TemporaryDirectory(prefix="cnnlab-api-") as folder, tempfile.TemporaryFile(mode="w+") as errors:
+        results = Path(folder) / "results.json"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", RESULT_FILE: str(results)}
         proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=errors,
                                 stdin=subprocess.DEVNULL, text=True, env=env)  # fmt: skip
         lines = []
         for line in proc.stdout:
             lines.append(line.rstrip("\n"))
             if on_line is not None:
-                on_line(lines[-1])
+                on_line(lines[-1], read_results(results))
         proc.wait()
         errors.seek(0)
         stderr = errors.read()
+        left = read_results(results)
     if proc.returncode:
         said = [line.removeprefix(ERROR) for line in stderr.splitlines() if line.startswith(ERROR)]
         tail = "\n".join((stderr or "\n".join(lines)).strip().splitlines()[-8:])
         raise CnnlabError(said[-1] if said else f"python -m {module} {' '.join(args)} failed:\n{tail}")
-    return lines
+    return left
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """What the command left for this API so far (nothing yet: empty)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 @dataclass
@@ -74,28 +87,18 @@ class Run:
     def load(cls, run_dir: str | Path) -> Run:
         record = read_record(run_dir)
         if record is None:
-            raise CnnlabError(f"{run_dir} holds no {METRICS}: give a run dir that a run finished in.")
+            raise CnnlabError(f"{run_dir} holds no {RunFiles.METRICS}: give a run dir that a run finished in.")
         return cls(Path(run_dir), record.as_json())
 
     @property
     def checkpoints(self) -> list[Path]:
-        return sorted((self.run_dir / CHECKPOINTS).glob("*.ckpt"))
+        return sorted((self.run_dir / RunFiles.CHECKPOINTS).glob("*.ckpt"))
 
     @property
     def history(self) -> Any:
-        """A DataFrame of the epochs: train loss and accuracy, val accuracy, learning rate, examples/s."""
-        import pandas as pd
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-        events = EventAccumulator(str(self.run_dir), size_guidance={"scalars": 0}).Reload()
-        tags = events.Tags()["scalars"]
-        columns = {name: [e.value for e in events.Scalars(tag)] for tag, name in SCALARS.items() if tag in tags}
-        rate = next((tag for tag in tags if tag.startswith("lr-")), None)  # LearningRateMonitor's lr-<optimizer>
-        if rate is not None:
-            columns["lr"] = [e.value for e in events.Scalars(rate)]
-        frame = pd.DataFrame({name: pd.Series(values) for name, values in columns.items()})
-        frame.index = pd.RangeIndex(1, len(frame) + 1, name="epoch")
-        return frame
+        """A DataFrame of the epochs (from 1): train loss and accuracy, val accuracy, learning rate, examples/s; each
+        value at the epoch it was logged in (an epoch without validation has none)."""
+        return history_frame(epoch_curves(self.run_dir))
 
     def plot(self) -> Any:
         """The d2l curves: train loss, train accuracy and val accuracy per epoch."""
@@ -115,11 +118,12 @@ class Sweep:
         import pandas as pd
 
         sweep_dir = Path(sweep_dir)
-        if not (sweep_dir / "report.csv").is_file():
+        if not (sweep_dir / SweepFiles.REPORT_RUNS).is_file():
             from cnnlab.report import write_report
 
             write_report(sweep_dir)
-        return cls(sweep_dir, pd.read_csv(sweep_dir / "report.csv"), pd.read_csv(sweep_dir / "report_configs.csv"))
+        return cls(sweep_dir, pd.read_csv(sweep_dir / SweepFiles.REPORT_RUNS),
+                   pd.read_csv(sweep_dir / SweepFiles.REPORT_CONFIGS))  # fmt: skip
 
     @property
     def best(self) -> Any:
@@ -131,11 +135,21 @@ class Sweep:
         import matplotlib.image
         import matplotlib.pyplot as plt
 
-        image = matplotlib.image.imread(self.sweep_dir / "report.png")
+        image = matplotlib.image.imread(self.sweep_dir / SweepFiles.REPORT_PICTURE)
         fig, axis = plt.subplots(figsize=(image.shape[1] / 110, image.shape[0] / 110))
         axis.imshow(image)
         axis.axis("off")
         return fig
+
+
+def history_frame(curves: dict[str, dict[int, float]]) -> Any:
+    """Per-epoch curves (``cnnlab.curves.epoch_curves``) as a DataFrame indexed by epoch."""
+    import pandas as pd
+
+    columns = {HISTORY[tag]: pd.Series(values, dtype=float) for tag, values in curves.items() if tag in HISTORY}
+    frame = pd.DataFrame(columns).sort_index()
+    frame.index.name = "epoch"
+    return frame
 
 
 def draw_curves(history: Any, title: str, axis: Any = None) -> Any:
@@ -162,30 +176,30 @@ def in_jupyter() -> bool:
 
 
 class LiveCurves:
-    """A run's epoch lines as curves redrawn under the cell (Jupyter), or printed as they come (elsewhere)."""
+    """A run's curves redrawn under the cell from its TensorBoard events as its epochs end (Jupyter), or its lines
+    printed as they come (elsewhere). Each line the run prints is the moment to look at its events again."""
 
     def __init__(self, live: bool | None) -> None:
         self.live = in_jupyter() if live is None else live
-        self.rows: list[dict[str, float]] = []
+        self.epochs = 0
         self.handle: Any = None
 
-    def __call__(self, line: str) -> None:
-        match = EPOCH_LINE.match(line)
+    def __call__(self, line: str, results: dict[str, Any]) -> None:
         if not self.live:
             print(line, flush=True)
             return
-        if match is None:
+        if "run_dir" not in results:
             return
-        values = dict(re.findall(r"([a-z/]+(?: [a-z/]+)?) ([\d.,]+)", match.group(2)))
-        self.rows.append({k.replace(" ", "_"): float(v.replace(",", "")) for k, v in values.items()})
-        self.redraw(int(match.group(1)))
+        curves = epoch_curves(Path(results["run_dir"]), (Tag.TRAIN_LOSS_EPOCH, Tag.TRAIN_ACC, Tag.VAL_ACC))
+        epochs = max((max(values) for values in curves.values() if values), default=0)
+        if epochs > self.epochs:
+            self.epochs = epochs
+            self.redraw(history_frame(curves), epochs)
 
-    def redraw(self, epoch: int) -> None:
+    def redraw(self, history: Any, epoch: int) -> None:
         import matplotlib.pyplot as plt
-        import pandas as pd
         from IPython.display import display
 
-        history = pd.DataFrame(self.rows, index=pd.RangeIndex(1, len(self.rows) + 1, name="epoch"))
         fig = draw_curves(history, f"epoch {epoch}")
         if self.handle is None:
             self.handle = display(fig, display_id=True)
@@ -196,43 +210,37 @@ class LiveCurves:
 
 def train(*overrides: str, live: bool | None = None) -> Run:
     """``python -m cnnlab.train *overrides``; the finished run (``live``: draw its curves; None: only in Jupyter)."""
-    lines = run_command("cnnlab.train", list(overrides), LiveCurves(live))
-    dirs = [m.group(1) for m in map(RUN_DIR_LINE.match, lines) if m]
-    if not dirs:
-        raise CnnlabError("the run printed no run dir: " + " ".join(lines[-3:]))
-    return Run.load(Path(dirs[-1]).resolve())
+    results = run_command("cnnlab.train", list(overrides), LiveCurves(live))
+    if "run_dir" not in results:
+        raise CnnlabError(f"python -m cnnlab.train {' '.join(overrides)} ended without a run dir.")
+    return Run.load(Path(results["run_dir"]))
 
 
 def sweep(*overrides: str, launcher: str | None = None) -> Sweep:
     """``python -m cnnlab.train -m *overrides`` (``launcher``: ``joblib``, ``slurm``, ...; None: as configured);
     the sweep's report as DataFrames."""
     args = ["-m", *overrides, *([f"hydra/launcher={launcher}"] if launcher else [])]
-    lines = run_command("cnnlab.train", args, lambda line: print(line, flush=True))
-    dirs = [m.group(1) for m in map(REPORT_LINE.match, lines) if m]
-    if not dirs:
-        raise CnnlabError("the sweep printed no report: " + " ".join(lines[-3:]))
-    return Sweep.load(Path(dirs[-1]).resolve())
+    results = run_command("cnnlab.train", args, lambda line, _: print(line, flush=True))
+    if "sweep_dir" not in results:
+        raise CnnlabError(f"python -m cnnlab.train {' '.join(args)} ended without a sweep dir.")
+    return Sweep.load(Path(results["sweep_dir"]))
 
 
 def load(path: str | Path) -> Run | Sweep:
     """A run dir (it has ``metrics.json``) as a ``Run``, a sweep dir as a ``Sweep``."""
     path = Path(path).expanduser()
-    if (path / METRICS).is_file():
+    if (path / RunFiles.METRICS).is_file():
         return Run.load(path)
-    if (path / "multirun.yaml").is_file() or (path / "report.csv").is_file():
+    if (path / SweepFiles.RECORD).is_file() or (path / SweepFiles.REPORT_RUNS).is_file():
         return Sweep.load(path)
-    raise CnnlabError(f"{path} is neither a run dir (no {METRICS}) nor a sweep dir (no multirun.yaml).")
+    raise CnnlabError(f"{path} is neither a run dir (no {RunFiles.METRICS}) nor a sweep dir (no {SweepFiles.RECORD}).")
 
 
 def inspect(*overrides: str) -> Any:
     """``python -m cnnlab.inspect *overrides`` as a DataFrame: each layer's output shape, parameters, multiply-adds."""
     import pandas as pd
 
-    lines = run_command("cnnlab.inspect", list(overrides))
-    start = next(i for i, line in enumerate(lines) if line.startswith("layer "))
-    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[start + 1 :] if not line.startswith(("parameters:",
-            "multiply-adds"))]  # fmt: skip
-    frame = pd.DataFrame(rows, columns=["layer", "type", "output shape", "params", "mult-adds"])
-    for column in ("params", "mult-adds"):
-        frame[column] = frame[column].str.replace(",", "").astype(int)
+    walk = run_command("cnnlab.inspect", list(overrides), lambda line, _: None).get("walk", [])
+    frame = pd.DataFrame([{"layer": row["name"], "type": row["kind"], "output shape": str(list(row["shape"])),
+                           "params": row["params"], "mult-adds": row["mult_adds"]} for row in walk])  # fmt: skip
     return frame.set_index("layer")

@@ -6,6 +6,7 @@ parameters and multiply-adds, then the totals. Takes the same overrides as ``cnn
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import hydra
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cnnlab.config import CONF_DIR, as_dict
+from cnnlab.environment import tell_the_api
 from cnnlab.errors import exit_on_user_error
 from cnnlab.models.walk import LayerRow, layer_rows
 
@@ -41,20 +43,28 @@ def format_walk(rows: Sequence[LayerRow], title: str) -> str:
     )
 
 
-def inspect_model(cfg: DictConfig) -> str:
-    """Build ``cfg.model`` (no data needed) and return its layer walk for one example of ``cfg.data``'s size."""
+def model_walk(cfg: DictConfig) -> tuple[list[LayerRow], str]:
+    """Build ``cfg.model`` (no data needed): its layer walk for one example of ``cfg.data``'s size, and a title."""
     net = instantiate(as_dict(cfg.model))
     input_shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
     choice = HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
-    title = f"model: {choice or cfg.model._target_}, input {[1, *input_shape]}"
-    return format_walk(layer_rows(net, input_shape), title)
+    return layer_rows(net, input_shape), f"model: {choice or cfg.model._target_}, input {[1, *input_shape]}"
+
+
+def inspect_model(cfg: DictConfig) -> str:
+    """The layer walk of ``cfg.model`` as the table ``python -m cnnlab.inspect`` prints."""
+    rows, title = model_walk(cfg)
+    return format_walk(rows, title)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="inspect", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry point: print the walk; a model that cannot be built exits 2 with one line."""
+    """Hydra entry point: print the walk (and hand its rows to ``cnnlab.api`` when it asks); a model that cannot be
+    built exits 2 with one line."""
     with exit_on_user_error():
-        print(inspect_model(cfg))
+        rows, title = model_walk(cfg)
+        print(format_walk(rows, title))
+        tell_the_api(walk=[dataclasses.asdict(row) for row in rows])
 
 
 if __name__ == "__main__":

@@ -4,26 +4,20 @@ loss per epoch of every run."""
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
 
+from cnnlab.curves import epoch_curves
 from cnnlab.files import atomic_file
 from cnnlab.report_table import error_line, fmt_mean_std
 from cnnlab.runs import aggregate_seeds, config_key, run_labels
+from cnnlab.vocab import Tag
 
 
-def read_curves(run_dir: Path) -> dict[str, list[float]]:
-    """The run's per-epoch validation accuracy and training loss, from its TensorBoard events."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    if not any(run_dir.glob("events.out.tfevents.*")):
-        return {}
-    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # not a line per event file
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-    tags = set(events.Tags()["scalars"])
-    return {tag: [e.value for e in events.Scalars(tag)] for tag in ("val/acc", "train/loss_epoch") if tag in tags}
+def read_curves(run_dir: Path) -> dict[str, dict[int, float]]:
+    """The run's validation accuracy and training loss by epoch (from 1), from its TensorBoard events."""
+    return epoch_curves(run_dir, (Tag.VAL_ACC, Tag.TRAIN_LOSS_EPOCH))
 
 
 Bar = tuple[float | None, float | None, str]  # a bar of the top chart: its length, its error bar, its text
@@ -111,12 +105,12 @@ def plot_report(
     for row, g in zip(rows, group, strict=True):
         curves = read_curves(root / row["run"])
         label = "_nolegend_" if g in legend else labels[g]
-        for axis, tag in ((acc, "val/acc"), (loss, "train/loss_epoch")):
-            values = curves.get(tag, [])
+        for axis, tag in ((acc, Tag.VAL_ACC), (loss, Tag.TRAIN_LOSS_EPOCH)):
+            values = curves.get(tag, {})
             if values:
                 legend.add(g)
                 marker = "." if len(values) < 15 else None
-                axis.plot(range(1, len(values) + 1), values, color=colors[g], label=label, marker=marker)
+                axis.plot(list(values), list(values.values()), color=colors[g], label=label, marker=marker)
     acc.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per epoch")
     loss.set(xlabel="epoch", ylabel="training loss", title="training loss per epoch")
     for axis in (acc, loss):

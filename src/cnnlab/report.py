@@ -1,11 +1,12 @@
 """One table and one picture for many runs: ``python -m cnnlab.report DIR`` (a sweep dir, or the log root).
 
-Reads every run's ``metrics.json`` (and its ``.hydra/`` record of the model, overrides, seed and tags), writes
+Reads every run's ``metrics.json`` (and its ``.hydra/`` record of the choices, overrides, seed and tags), writes
 ``report.md``, ``report.csv``, ``report_configs.csv`` and ``report.png`` into DIR, and prints the tables. Runs are
 ranked by validation accuracy, the selection metric the sweepers maximise (test accuracy is shown beside it; a run
-without one comes last). Runs that differ only in ``seed`` are one configuration, shown first as mean ± std over
-seeds. A job dir with a ``.hydra/`` record but no ``metrics.json`` (killed, or still running) is listed as
-incomplete. ``tags=ablation`` keeps only the runs tagged ablation; ``tags=[a,b]`` those that carry a OR b.
+without one comes last). Runs of one fingerprint (what decides the result, seed aside: ``cnnlab.fingerprint``) are
+one configuration, shown first as mean ± std over its seeds and named by what differs. A job dir with a ``.hydra/``
+record but no ``metrics.json`` (killed, or still running) is listed as incomplete. ``tags=ablation`` keeps only the
+runs tagged ablation; ``tags=[a,b]`` those that carry a OR b.
 """
 
 from __future__ import annotations
@@ -26,18 +27,20 @@ from cnnlab.errors import CnnlabError, user_error
 from cnnlab.files import write_text_atomically
 from cnnlab.plot import plot_report
 from cnnlab.report_table import configs_table, markdown_table
-from cnnlab.rundir import RESULT_KEYS, Status
-from cnnlab.runs import aggregate_seeds, ahead_line, best_line, filter_tags, load_runs
+from cnnlab.rundir import RESULT_KEYS
+from cnnlab.runs import LEGACY_NOTE, aggregate_seeds, ahead_line, best_line, filter_tags, legacy_runs, load_runs
 from cnnlab.study_report import study_section
+from cnnlab.vocab import FINISHED, Status, SweepFiles
 
 log = logging.getLogger("cnnlab.report")
 
-COLUMNS = ["model", "overrides", "tags", *RESULT_KEYS, "status", "seed", "error", "run"]  # report.csv, full precision
+COLUMNS = ["model", "overrides", "tags", *RESULT_KEYS, "status", "seed", "error", "fingerprint", "run"]  # report.csv
 CONFIG_COLUMNS = [  # report_configs.csv: one row per configuration, full precision; std empty below two seeds
-    *("model", "overrides", "tags", "n", "failed", "pruned", "seeds", "val_acc_mean", "val_acc_std", "val_acc_ci95"),
-    *("test_acc_mean", "test_acc_std", "wall_s_mean", "wall_s_std", "params", "runs"),
+    *("model", "configuration", "overrides", "tags", "n", "repeats", "failed", "pruned", "seeds", "val_acc_mean"),
+    *("val_acc_std", "val_acc_ci95", "test_acc_mean", "test_acc_std", "wall_s_mean", "wall_s_std", "params"),
+    *("fingerprint", "runs"),
 ]
-OUTPUTS = ("report.md", "report.csv", "report_configs.csv", "report.png")
+OUTPUTS = SweepFiles.REPORTS
 FILTER = re.compile(r"([A-Za-z_][\w.]*)=(.*)", re.DOTALL)  # a ``key=value`` argument of the CLI
 
 
@@ -77,22 +80,27 @@ def write_report(root: Path | str, tags: list[str] | None = None) -> list[dict[s
     summary = f"{len(rows)} runs{tagged}" + (f", {len(failed)} failed or incomplete" if failed else "")
     summary += f", {len(pruned)} pruned (stopped early by the search's pruner)" if pruned else ""
     ahead = ahead_line(configs)
+    legacy = legacy_runs(rows)
+    note = f"{LEGACY_NOTE.format(n=legacy)}\n\n" if legacy else ""
+    if legacy:
+        log.info("cnnlab: %s", LEGACY_NOTE.format(n=legacy))
     write_text_atomically(
-        root / "report.md",
-        f"# Report: {root}\n\n{summary}, {len(configs)} configurations. Sorted by (mean) validation accuracy, "
-        f"the selection metric; test accuracy beside it.\n\n{best_line(configs)}\n\n"
+        root / SweepFiles.REPORT,
+        f"# Report: {root}\n\n{summary}, {len(configs)} configurations (a configuration: the runs of one "
+        f"fingerprint, seed aside). Sorted by (mean) validation accuracy, the selection metric; test accuracy beside "
+        f"it.\n\n{note}{best_line(configs)}\n\n"
         f"## Configurations (mean ± std over seeds)\n\n{configs_table(configs)}" + (f"\n{ahead}" if ahead else "")
         + f"\n## Runs\n\n{markdown_table(rows)}" + study_block(root, rows),
     )
-    write_csv(rows, root / "report.csv")
-    write_csv(configs, root / "report_configs.csv", CONFIG_COLUMNS)
-    plot_report(root, rows, root / "report.png", configs)
+    write_csv(rows, root / SweepFiles.REPORT_RUNS)
+    write_csv(configs, root / SweepFiles.REPORT_CONFIGS, CONFIG_COLUMNS)
+    plot_report(root, rows, root / SweepFiles.REPORT_PICTURE, configs)
     return rows
 
 
 def not_finished(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The runs that failed or did not finish (a pruned run finished: its search stopped it)."""
-    return [r for r in rows if r["status"] not in (Status.OK, Status.PRUNED)]
+    return [r for r in rows if r["status"] not in FINISHED]
 
 
 def study_block(root: Path, rows: list[dict[str, Any]]) -> str:
@@ -113,7 +121,7 @@ class ReportAfterSweep(Callback):
         failed = [r["run"] for r in not_finished(rows)]
         if failed:
             log.warning("%d job(s) failed or did not finish: %s (errors in report.md)", len(failed), ", ".join(failed))
-        print(best_line(configs), f"report: {sweep_dir / 'report.md'}", sep="\n", flush=True)
+        print(best_line(configs), f"report: {sweep_dir / SweepFiles.REPORT}", sep="\n", flush=True)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Path, list[str] | None]:

@@ -96,15 +96,25 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return shared_line(shared, "runs") + numbered_table([HEADERS.get(k, k) for k in RUN_COLUMNS], cells)
 
 
+def configuration_cell(config: dict[str, Any], shared: list[str]) -> str:
+    """What tells a configuration apart: its differing settings (``cnnlab.runs.configuration_names``); for runs
+    from before fingerprints, its command-line overrides less those every configuration has."""
+    return fmt(config["configuration"], "overrides") if config.get("fingerprint") else differing(config["overrides"],
+                                                                                                  shared)  # fmt: skip
+
+
 def configs_table(configs: list[dict[str, Any]]) -> str:
-    """The configurations as a markdown table: finished seeds and mean ± std of the accuracies over them (and the
-    validation accuracy's 95% confidence interval where a configuration has two seeds or more)."""
+    """The configurations as a markdown table: finished seeds (n; repeats of a seed beside, when any) and mean ± std
+    of the accuracies over them (and the validation accuracy's 95% confidence interval where a configuration has two
+    seeds or more)."""
     shared = shared_overrides(configs)
     with_ci = any(c.get("val_acc_ci95") is not None for c in configs)
-    headers = ["model", "overrides", "tags", "n", "val acc", *(["val acc 95% CI"] if with_ci else []), "test acc",
-               "wall s", "params"]  # fmt: skip
+    with_repeats = any(c.get("repeats") for c in configs)
+    headers = ["model", "configuration", "tags", "n", *(["repeats"] if with_repeats else []), "val acc",
+               *(["val acc 95% CI"] if with_ci else []), "test acc", "wall s", "params"]  # fmt: skip
     cells = [
-        [fmt(c["model"], "model"), differing(c["overrides"], shared), fmt(c["tags"], "tags"), str(c["n"])]
+        [fmt(c["model"], "model"), configuration_cell(c, shared), fmt(c["tags"], "tags"), str(c["n"])]
+        + ([str(c.get("repeats") or "")] if with_repeats else [])
         + [fmt_mean_std(c["val_acc_mean"], c["val_acc_std"])]
         + ([fmt_interval(c["val_acc_mean"], c.get("val_acc_ci95"))] if with_ci else [])
         + [fmt_mean_std(c["test_acc_mean"], c["test_acc_std"])]

@@ -1,8 +1,12 @@
-"""The runs under a folder as rows, and the configurations they form (runs that differ only in ``seed``).
+"""The runs under a folder as rows, and the configurations they form.
 
-Shared by the report's tables (``cnnlab.report``) and its picture (``cnnlab.plot``). Each run dir is read through
-``cnnlab.rundir``; a record that cannot be read is reported as ``unreadable``, named in one line, and the other runs
-are reported as usual.
+A configuration is the runs of one fingerprint (``cnnlab.fingerprint``: what decides the result, seed aside), named
+by the settings in which it differs from the others. Its runs of different seeds are its seeds; runs of one seed
+are repeats, averaged into that seed's sample (n counts seeds, never repeats). Runs written before runs had
+fingerprints are grouped as they were then, by model and command-line overrides without the seed (the report says
+so once). Shared by the report's tables (``cnnlab.report``) and its picture (``cnnlab.plot``). Each run dir is read
+through ``cnnlab.rundir``; a record that cannot be read is reported as ``unreadable``, named in one line, and the
+other runs are reported as usual. A failed attempt set aside in a job dir is not a run of its own.
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cnnlab.errors import ConfigError
 from cnnlab.report_table import fmt_mean_std, round_floats, split_overrides
-from cnnlab.rundir import METRICS, RESULT_KEYS, BadRecord, Status, read_record
+from cnnlab.rundir import RESULT_KEYS, BadRecord, is_failed_attempt, read_record
+from cnnlab.vocab import RunFiles, Status
 
+NAMED_BY_CHOICE = ("model", "data", "optimizer", "scheduler")  # groups whose choice can name their settings
+LEGACY_NOTE = ("{n} of these runs were written before runs had fingerprints: they are grouped by model and "
+               "command-line overrides without the seed, as then (a config file edited between them goes unseen).")
 log = logging.getLogger("cnnlab.report")
 
 
@@ -28,30 +36,31 @@ class TagFilterError(ConfigError):
 
 
 def find_run_dirs(root: Path) -> list[Path]:
-    """Every run dir under ``root``: those with a ``metrics.json`` or a Hydra ``.hydra/overrides.yaml``."""
-    found = {p.parent for p in root.rglob(METRICS)} | {
-        p.parent.parent for p in root.rglob(".hydra/overrides.yaml")
-    }
-    return sorted(found)
+    """Every run dir under ``root``: those with a ``metrics.json`` or a Hydra ``.hydra/overrides.yaml``, but the
+    failed attempts a job set aside when it ran again (``failed-attempt-N/``)."""
+    found = {p.parent for p in root.rglob(RunFiles.METRICS)} | {p.parent.parent for p in root.rglob(RunFiles.OVERRIDES)}
+    return sorted(p for p in found if not is_failed_attempt(p.relative_to(root)))
 
 
 def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
-    """One report row: the run's metrics, its model choice and overrides, its tags and its status."""
+    """One report row: the run's metrics, its choices and overrides, its fingerprint, its tags and its status."""
     try:
         record = read_record(run_dir)
     except BadRecord as bad:
         log.warning("cnnlab: %s", bad)
-        record, status, error = None, "unreadable", str(bad)
+        record, status, error = None, Status.UNREADABLE, str(bad)
     else:
-        status, error = ("incomplete", None) if record is None else (record.status, record.error)
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    model, overrides = "", ""
+        status, error = (Status.INCOMPLETE, None) if record is None else (record.status, record.error)
+    hydra_file = run_dir / RunFiles.HYDRA_RECORD
+    choices, overrides = {}, ""
     if hydra_file.is_file():
         job = OmegaConf.load(hydra_file).hydra
-        model = str(job.runtime.choices.get("model", ""))
+        choices = {str(k): str(v) for k, v in job.runtime.choices.items() if "/" not in str(k) and v is not None}
         overrides = str(job.job.override_dirname)
     row: dict[str, Any] = {key: getattr(record, key, None) for key in RESULT_KEYS}
-    row.update(model=model, overrides=overrides, status=status, error=error, run=str(run_dir.relative_to(root)))
+    row.update(model=choices.get("model", ""), choices=choices, overrides=overrides, status=status, error=error,
+               run=str(run_dir.relative_to(root)), fingerprint=getattr(record, "fingerprint", None),
+               identity=getattr(record, "identity", None))  # fmt: skip
     config = read_config(run_dir)
     row["seed"] = OmegaConf.select(config, "seed", throw_on_resolution_failure=False)
     # the record's tags; a killed run's from its config
@@ -64,7 +73,7 @@ def read_run(run_dir: Path, root: Path) -> dict[str, Any]:
 
 def read_config(run_dir: Path) -> DictConfig:
     """The run's composed config, ``.hydra/config.yaml`` (empty without one; interpolations left unresolved)."""
-    config_file = run_dir / ".hydra" / "config.yaml"
+    config_file = run_dir / RunFiles.CONFIG
     config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
     return config if isinstance(config, DictConfig) else OmegaConf.create()
 
@@ -91,7 +100,7 @@ def by_val_acc(value: float | None) -> tuple[bool, float]:
 def load_runs(root: Path) -> list[dict[str, Any]]:
     """All runs under ``root``, best validation accuracy first; runs without one (failed, incomplete) last."""
     rows = [read_run(run_dir, root) for run_dir in find_run_dirs(root)]
-    return sorted(rows, key=lambda r: (*by_val_acc(r["val_acc"]), r["status"] != "ok", r["run"]))
+    return sorted(rows, key=lambda r: (*by_val_acc(r["val_acc"]), r["status"] != Status.OK, r["run"]))
 
 
 def filter_tags(rows: list[dict[str, Any]], tags: list[str], root: Path) -> list[dict[str, Any]]:
@@ -110,9 +119,12 @@ def without_seed(overrides: str) -> str:
     return ",".join(item for item in split_overrides(overrides) if item.split("=", 1)[0].lstrip("+~") != "seed")
 
 
-def config_key(row: dict[str, Any]) -> tuple[str, str]:
-    """The configuration a run (or an aggregated row) belongs to: its model and its overrides without the seed."""
-    return row["model"], without_seed(row["overrides"])
+def config_key(row: dict[str, Any]) -> tuple[str, ...]:
+    """The configuration a run belongs to: its fingerprint; a run from before fingerprints, its model and its
+    command-line overrides without the seed."""
+    if row.get("fingerprint"):
+        return ("fingerprint", row["fingerprint"])
+    return ("overrides", row["model"], without_seed(row["overrides"]))
 
 
 def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
@@ -122,18 +134,33 @@ def mean_std(values: list[Any]) -> tuple[float | None, float | None]:
     return mean, statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarize(model: str, overrides: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One configuration's row: counts, mean ± std of the accuracies over its finished seeds (and the validation
-    accuracy's 95% confidence interval), its runs."""
+def seed_samples(done: list[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """A configuration's finished runs by seed (best first): the runs of one seed are repeats of one sample; an
+    unseeded run (``seed=null``) is a sample of its own."""
+    samples: dict[Any, list[dict[str, Any]]] = {}
+    for row in done:
+        samples.setdefault(row["seed"] if row["seed"] is not None else ("unseeded", row["run"]), []).append(row)
+    return samples
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's row: counts, mean ± std of the accuracies over its finished seeds (repeats of a seed
+    averaged into one sample), the validation accuracy's 95% confidence interval, its runs."""
     done = [r for r in runs if r["status"] == Status.OK and r["test_acc"] is not None]
     pruned = sum(r["status"] == Status.PRUNED for r in runs)
-    config = {"model": model, "overrides": overrides, "n": len(done), "failed": len(runs) - len(done) - pruned,
-              "pruned": pruned}  # fmt: skip
+    samples = seed_samples(done)
+    first = runs[0]
+    config = {"model": first["model"], "overrides": without_seed(first["overrides"]), "n": len(samples),
+              "repeats": len(done) - len(samples), "failed": len(runs) - len(done) - pruned, "pruned": pruned,
+              "fingerprint": first.get("fingerprint"), "identity": first.get("identity"),
+              "choices": first.get("choices") or {}}  # fmt: skip
     config["tags"] = ",".join(dict.fromkeys(tag for r in runs for tag in row_tags(r)))
-    config["seeds"] = ";".join(str(r["seed"]) for r in done if r["seed"] is not None)
+    config["seeds"] = ";".join(str(seed) for seed in samples if not isinstance(seed, tuple))
     for key in ("test_acc", "val_acc", "wall_s"):
-        config[f"{key}_mean"], config[f"{key}_std"] = mean_std([r[key] for r in done])
-    config["val_accs"] = [r["val_acc"] for r in done if r["val_acc"] is not None]
+        per_seed = [mean_std([r[key] for r in rows])[0] for rows in samples.values()]
+        config[f"{key}_mean"], config[f"{key}_std"] = mean_std(per_seed)
+    config["val_accs"] = [v for v in (mean_std([r["val_acc"] for r in rows])[0] for rows in samples.values())
+                          if v is not None]  # fmt: skip
     config["val_acc_ci95"] = ci95_half_width(config["val_accs"])
     config["params"] = next((r["params"] for r in runs if r["params"] is not None), None)
     config["runs"] = ";".join(r["run"] for r in runs)
@@ -174,22 +201,77 @@ def ahead_line(configs: list[dict[str, Any]]) -> str:
 
 
 def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per configuration (runs that differ only in seed), best mean validation accuracy first."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """One row per configuration (one fingerprint), best mean validation accuracy first, each named by what
+    differs (``configuration``)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(config_key(row), []).append(row)
-    configs = [summarize(model, overrides, runs) for (model, overrides), runs in groups.items()]
-    return sorted(configs, key=lambda c: (c["n"] == 0, *by_val_acc(c["val_acc_mean"]), c["model"], c["overrides"]))
+    configs = [summarize(runs) for runs in groups.values()]
+    for config, name in zip(configs, configuration_names(configs), strict=True):
+        config["configuration"] = name
+    return sorted(configs, key=lambda c: (c["n"] == 0, *by_val_acc(c["val_acc_mean"]), c["model"],
+                                          c["configuration"]))  # fmt: skip
+
+
+def legacy_runs(rows: list[dict[str, Any]]) -> int:
+    """How many runs (with a record) have no fingerprint: written before runs had one."""
+    return sum(1 for r in rows if not r.get("fingerprint") and r["status"] not in (Status.INCOMPLETE,
+                                                                                     Status.UNREADABLE))  # fmt: skip
+
+
+def configuration_names(items: list[dict[str, Any]]) -> list[str]:
+    """What tells each configuration (or run) from the others: the settings of its identity that differ between
+    them (``optimizer.lr=0.1``), a group's settings said by its choice where the choice decides them all
+    (``optimizer=adam``; the model's choice has a column of its own). Without identities (runs from before), the
+    command-line overrides that differ, as then."""
+    named = [i for i, item in enumerate(items) if item.get("identity")]
+    names = [""] * len(items)
+    legacy = [i for i in range(len(items)) if i not in named]
+    for i, label in zip(legacy, override_names([items[i] for i in legacy]), strict=True):
+        names[i] = label
+    identities = [items[i]["identity"] for i in named]
+    keys = sorted({k for d in identities for k in d})
+    differ = [k for k in keys if len({repr(d.get(k)) for d in identities}) > 1]
+    shown_groups = []
+    for group in NAMED_BY_CHOICE:
+        inside = [k for k in differ if k.startswith(group + ".")]
+        choices = [items[i]["choices"].get(group) for i in named]
+        decided = all(choices) and all(len({repr(identities[a].get(k)) for a in range(len(named)) if
+                                            choices[a] == choice}) == 1 for choice in set(choices) for k in inside)
+        if inside and decided:
+            differ = [k for k in differ if k not in inside]
+            if group != "model" and len(set(choices)) > 1:
+                shown_groups.append(group)
+    for position, i in enumerate(named):
+        parts = [f"{g}={items[i]['choices'][g]}" for g in shown_groups]
+        parts += [f"{k}={setting_text(identities[position].get(k))}" for k in differ]
+        names[i] = round_floats(" ".join(parts))
+    return names
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as an override writes it (``[6,16]``, ``null``, ``0.1``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ",".join(setting_text(v) for v in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def override_names(rows: list[dict[str, Any]]) -> list[str]:
+    """Runs from before fingerprints: the command-line overrides that differ between them (``lr=0.1``)."""
+    parsed = [dict(item.split("=", 1) for item in split_overrides(r["overrides"]) if "=" in item) for r in rows]
+    varying = sorted({k for p in parsed for k in p if len({q.get(k) for q in parsed}) > 1} - {"model"})
+    return [round_floats(" ".join(f"{key.rsplit('.', 1)[-1]}={overrides[key]}" for key in varying if key in overrides))
+            for overrides in parsed]
 
 
 def run_labels(rows: list[dict[str, Any]]) -> list[str]:
-    """Short names for the picture: the model and the overrides that differ between runs (``lr=0.1``)."""
-    parsed = [dict(item.split("=", 1) for item in split_overrides(r["overrides"]) if "=" in item) for r in rows]
-    varying = sorted({k for p in parsed for k in p if len({q.get(k) for q in parsed}) > 1} - {"model"})
+    """Short names for the picture and the best line: the model and what tells the configuration (or run) apart."""
     labels = []
-    for row, overrides in zip(rows, parsed, strict=True):
-        shown = [f"{key.rsplit('.', 1)[-1]}={overrides[key]}" for key in varying if key in overrides]
-        labels.append(round_floats(" ".join([row["model"] or row.get("run", row.get("runs", "")), *shown])))
+    for row, name in zip(rows, configuration_names(rows), strict=True):
+        model = row["model"] or row.get("run", row.get("runs", ""))
+        labels.append(" ".join(part for part in (model, name) if part))
     return labels
 
 

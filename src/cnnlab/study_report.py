@@ -13,24 +13,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab import study as studies
+from cnnlab.vocab import SweepFiles
 
 if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger("cnnlab.study_report")
 
-STUDY_FILE = "optuna.db"
 COST_LABELS = {"val_acc": "val acc", "macs": "multiply-adds per example", "params": "parameters"}
 
 
 def study_section(root: Path, rows: list[dict[str, Any]]) -> str:
     """The report's section on the study (or studies) in ``root/optuna.db``; '' when there is none."""
-    if not (root / STUDY_FILE).is_file():
+    if not (root / SweepFiles.STUDY).is_file():
         return ""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = studies.open_storage(f"sqlite:///{root / STUDY_FILE}")
+    storage = studies.open_storage(f"sqlite:///{root / SweepFiles.STUDY}")
     every = set(optuna.get_all_study_names(storage))
     names = sorted(n for n in every if not n.endswith(studies.PRUNING_STUDY))
     parts = []
