@@ -91,7 +91,8 @@ def test_a_killed_sweep_is_finished_by_one_command(tmp_path):
         if job.is_dir() and job.name not in before:
             writers = {p.name.split(".")[-2] for p in job.glob("events.out.tfevents.*")}  # ...<host>.<pid>.<n>
             assert len(writers) == (2 if job.name in interrupted else 1), sorted(p.name for p in job.iterdir())
-    assert job_files(sweep_dir) == {**before, **job_files(sweep_dir)}  # the finished jobs' files: byte-identical
+    after = job_files(sweep_dir)
+    assert {name: after[name] for name in before} == before  # the finished jobs' files: byte-identical
     for name in before:
         assert f"job {name} finished before" in output
     for name in interrupted:
@@ -207,6 +208,24 @@ def test_a_failed_attempt_is_set_aside_not_resumed(tmp_path):
     assert rundir.job_state(job) == "new"
 
 
+def test_ckpt_path_last_leaves_a_run_still_training_alone(tmp_path):
+    runs = tmp_path / "lenet-fashion_mnist"
+    for name in ("2026-01-01_10-00-00_000001", "2026-01-02_09-00-00_000001"):
+        (runs / name / "checkpoints").mkdir(parents=True)
+        (runs / name / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    training = rundir.hold(runs / "2026-01-02_09-00-00_000001", "driven")  # the newest run: its process is alive
+    try:
+        picked = plan.newest_last_checkpoint(tmp_path, "lenet-fashion_mnist")
+        assert picked == runs / "2026-01-01_10-00-00_000001" / "checkpoints" / "last.ckpt"
+        older = rundir.hold(runs / "2026-01-01_10-00-00_000001", "driven")
+        with pytest.raises(ConfigError, match="2 still running"):
+            plan.newest_last_checkpoint(tmp_path, "lenet-fashion_mnist")
+        older.close()
+    finally:
+        training.close()
+    assert plan.newest_last_checkpoint(tmp_path, "lenet-fashion_mnist").parent.parent.name.startswith("2026-01-02")
+
+
 def test_ckpt_path_last_picks_the_newest_run_of_the_same_name(tmp_path):
     runs = tmp_path / "lenet-fashion_mnist"
     for name in ("2026-01-01_10-00-00_000001", "2026-01-02_09-00-00_000001", "2026-01-03_09-00-00_000001"):
@@ -248,3 +267,93 @@ def test_a_killed_optuna_search_continues_its_study(tmp_path):
         assert len(list(csv.DictReader(f))) == 4
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(max(t.value for t in study.trials))
+
+
+GRID = """# @package _global_
+hydra:
+  sweeper:
+    params:
+      optimizer.lr: {rates}
+"""
+
+
+@pytest.mark.slow
+def test_a_sweep_resumed_after_an_edit_is_refused_in_one_line_naming_what_changed(tmp_path, tiny_data_dir):
+    """The sweep file's grid, the sweeper, and a config file under finished jobs: each edit between a sweep and its
+    re-run is named in one line, exit 2, and nothing runs (an inserted value would renumber the jobs: job 1 would
+    be lr 0.5 in a new dir, and the report would count both)."""
+    conf = tmp_path / "myconf"
+    (conf / "sweep").mkdir(parents=True)
+    (conf / "experiment").mkdir()
+    (conf / "sweep" / "grid.yaml").write_text(GRID.format(rates="0.1,0.9"))
+    (conf / "experiment" / "mine.yaml").write_text("# @package _global_\nmodel:\n  pool: avg\n")
+    sweep_dir = tmp_path / "sweep"
+    command = ["-m", "--config-dir", str(conf), "sweep=grid", "experiment=mine", *TINY_OVERRIDES,
+               "callbacks.model_graph=null", f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
+               f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+    first = run_cli("cnnlab.train", *command, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    finished = job_files(sweep_dir)
+    assert len(finished) == 2
+
+    def refused(*extra: str) -> str:
+        result = run_cli("cnnlab.train", *command, *extra, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-3000:]
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("cnnlab: error:")]
+        assert "Traceback" not in result.stderr and job_files(sweep_dir) == finished  # nothing ran, nothing moved
+        assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == sorted(finished)
+        return line
+
+    (conf / "sweep" / "grid.yaml").write_text(GRID.format(rates="0.1,0.5,0.9"))
+    line = refused()
+    assert "holds a sweep with another sweeper: hydra.sweeper.params.optimizer.lr: 0.1,0.9 -> 0.1,0.5,0.9" in line
+    (conf / "sweep" / "grid.yaml").write_text(GRID.format(rates="0.1,0.9"))
+    line = refused("hydra/sweeper=optuna")  # a grid resumed as a search
+    assert "another sweeper: hydra.sweeper._target_: " in line and "OptunaSweeper" in line
+    (conf / "experiment" / "mine.yaml").write_text("# @package _global_\nmodel:\n  pool: max\n")
+    line = refused()
+    changed = "jobs whose configs have changed since they ran: job 0_optimizer.lr=0.1 composes model.pool avg -> max"
+    assert changed in line
+    assert "(and 1 more jobs)" in line
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_search_on_the_basic_launcher_and_resume_finishes_it(tmp_path):
+    """The basic launcher runs each trial in the main thread: Ctrl-C reaches it, it saves last.ckpt after its step
+    and the search exits 130; ``cnnlab.resume`` then resumes that trial and runs the rest, none twice."""
+    overrides = ["sweep=optuna", "hydra.sweeper.n_trials=3", "optimizer=adam", "model.conv_channels=[6,16]",
+                 *[o for o in sweep_overrides(tmp_path) if o not in SWEEP]]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = forked_cli.start("cnnlab.train", ["-m", *overrides], str(tmp_path), env, str(tmp_path / "first.log"))
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:  # trial 1 training: its step checkpoint written
+            sweeps = list((tmp_path / "logs" / "multirun").glob("*"))
+            if sweeps and list(sweeps[0].glob("1_*/checkpoints/last.ckpt")) and proc.poll() is None:
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        stopped_at = time.monotonic()
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    printed = (tmp_path / "first.log").read_text()
+    assert code == 130, printed[-3000:]
+    assert time.monotonic() - stopped_at < 30  # within the epoch, not at the end of the trial
+    sweep_dir = sweeps[0]
+    (trial_1,) = sweep_dir.glob("1_*")
+    assert json.loads((trial_1 / "metrics.json").read_text())["status"] == "interrupted", printed[-3000:]
+    assert (trial_1 / "checkpoints" / "last.ckpt").is_file() and "saved" in printed
+    before = job_files(sweep_dir)
+
+    result = run_cli("cnnlab.resume", str(sweep_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="lenet", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3  # 3 trials: none run twice
+    after = job_files(sweep_dir)
+    assert sorted(int(name.split("_")[0]) for name in after) == [0, 1, 2]
+    assert after[next(n for n in before if n.startswith("0_"))] == before[next(n for n in before if n.startswith("0_"))]
+    assert f"job {trial_1.name} was interrupted: resuming from" in (trial_1 / "train.log").read_text()

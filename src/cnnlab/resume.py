@@ -1,8 +1,12 @@
 """Finish a stopped sweep: ``python -m cnnlab.resume <sweep dir>``, or the same command with ``hydra.sweep.dir``.
 
 A sweep re-run in its dir skips the jobs that finished, resumes interrupted ones from their ``last.ckpt`` and runs
-failed or never-started ones from scratch (each job decides in ``cnnlab.plan``). Here: the sweep's record, which
-refuses a re-run with other overrides, and one driver per sweep dir (a second sweep there is refused).
+failed or never-started ones from scratch (each job decides in ``cnnlab.plan``). Here: the sweep's record, and one
+driver per sweep dir (a second sweep there is refused). A re-run must be the sweep that ran, or a finished job's
+result would stand for a config that no longer runs, and an edited grid would number its jobs anew: so it is refused,
+in one line naming what changed, when its command-line overrides, its sweeper (the grid's or the search space's
+params, the sampler, the pruner: all but how many trials and how many at once) or the config a finished or
+interrupted job composes now (its fingerprint, ``cnnlab.fingerprint``) differ from the sweep's.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.environment import tell_the_api
 from cnnlab.errors import ConfigError
-from cnnlab.rundir import DirBusy, hold, job_state
+from cnnlab.fingerprint import changes, identity
+from cnnlab.rundir import BadRecord, DirBusy, hold, job_state, read_record
+from cnnlab.vocab import JobState, RunFiles, SweepFiles
 
 log = logging.getLogger("cnnlab.resume")
 
-RECORD = "multirun.yaml"  # how the sweep was started: Hydra's record of its config and overrides
+# Sweeper settings a resume may change: how many trials in all (a search asks only for the missing ones) and at once.
+RESUMABLE_SWEEPER_KEYS = ("n_trials", "n_jobs")
 # Overrides that may differ between a sweep and its resume: where things are, not what runs.
 MOVABLE_PREFIXES = ("paths.", "data.system_dir", "data.data_dir")
 
@@ -53,9 +61,70 @@ def differences(recorded: list[str], given: list[str]) -> str:
     return "; ".join(parts + ([f"{' '.join(removed)} missing"] if removed else []))
 
 
+def sweeper_changes(recorded: DictConfig, given: DictConfig) -> str:
+    """What differs between two sweepers' settings (the grid's or the search space's params, the sweeper itself, the
+    sampler, the pruner, ...), but for ``RESUMABLE_SWEEPER_KEYS``; '' when nothing."""
+    was, now = (flat_settings(OmegaConf.to_container(c, resolve=False), "hydra.sweeper.") for c in (recorded, given))
+    keys = [k for k in dict.fromkeys([*was, *now])
+            if k.removeprefix("hydra.sweeper.") not in RESUMABLE_SWEEPER_KEYS and was.get(k) != now.get(k)]  # fmt: skip
+    return ", ".join(f"{k}: {was.get(k, '(unset)')} -> {now.get(k, '(unset)')}" for k in keys)
+
+
+def flat_settings(node: Any, prefix: str) -> dict[str, Any]:
+    """A nested mapping as ``{prefix + dotted key: value}``."""
+    if not isinstance(node, dict) or not node:
+        return {prefix.rstrip("."): node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(flat_settings(value, f"{prefix}{key}."))
+    return flat
+
+
+def composed_identity(overrides: list[str]) -> dict[str, Any]:
+    """The identity (``cnnlab.fingerprint``) of the config a job with ``overrides`` composes now, in this Hydra app.
+
+    A config is resolved against HydraConfig (``${hydra:runtime.choices.model}``, say): the job's own is set while
+    it resolves, then the sweep's is put back.
+    """
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    config = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    holder = HydraConfig.instance()
+    sweeps = holder.cfg
+    holder.set_config(config)
+    try:
+        return identity(config)
+    finally:
+        holder.cfg = sweeps
+
+
+def job_changes(sweep_dir: Path) -> str:
+    """The first finished or interrupted job whose config composes otherwise now than when it ran (its record's
+    identity), in words, with how many others changed; '' when none did (or no job's record has an identity)."""
+    changed = []
+    for job in sorted(p for p in sweep_dir.iterdir() if (p / RunFiles.OVERRIDES).is_file()):
+        if job_state(job) not in (JobState.FINISHED, JobState.INTERRUPTED):
+            continue
+        try:
+            record = read_record(job)
+        except BadRecord:
+            continue
+        if record is None or not record.identity:  # written before runs had an identity: not compared
+            continue
+        overrides = [str(o) for o in OmegaConf.load(job / RunFiles.OVERRIDES)]
+        now = composed_identity(overrides)
+        if now != record.identity:
+            changed.append(f"job {job.name} composes {changes(record.identity, now)}")
+    if not changed:
+        return ""
+    more = f" (and {len(changed) - 1} more jobs)" if len(changed) > 1 else ""
+    return changed[0] + more
+
+
 class SweepRecord(Callback):
     """Hydra callback: one process drives a sweep dir, and a sweep started in a dir that holds a sweep already must
-    be that sweep, with its overrides.
+    be that sweep: its overrides, its sweeper, and its jobs' configs as they ran.
 
     Writes the record (``multirun.yaml``) for every sweeper; Hydra's basic sweeper rewrites it with the same
     content, the Optuna sweeper writes none of its own.
@@ -68,19 +137,25 @@ class SweepRecord(Callback):
         except DirBusy as busy:
             print(f"cnnlab: error: {busy}", file=sys.stderr)
             raise SystemExit(2) from None
-        record = sweep_dir / RECORD
-        given = list(config.hydra.overrides.task)
+        tell_the_api(sweep_dir=sweep_dir)
+        record = sweep_dir / SweepFiles.RECORD
         if record.is_file():
-            recorded = list(OmegaConf.load(record).hydra.overrides.task)
-            changed = differences(recorded, given)
+            recorded = OmegaConf.load(record)
+            changed = differences(list(recorded.hydra.overrides.task), list(config.hydra.overrides.task))
+            what = "other overrides"
+            if not changed:
+                changed, what = sweeper_changes(recorded.hydra.sweeper, config.hydra.sweeper), "another sweeper"
+            if not changed:
+                changed, what = job_changes(sweep_dir), "jobs whose configs have changed since they ran"
             if changed:
-                print(f"cnnlab: error: {sweep_dir} holds a sweep with other overrides: {changed}. Resume it with "
-                      f"python -m cnnlab.resume {sweep_dir}, or start a new sweep without hydra.sweep.dir.",
-                      file=sys.stderr)  # fmt: skip
+                print(f"cnnlab: error: {sweep_dir} holds a sweep with {what}: {changed}. Resume it as it ran "
+                      f"(python -m cnnlab.resume {sweep_dir}, the config files as they were), or start a new sweep "
+                      f"without hydra.sweep.dir.", file=sys.stderr)  # fmt: skip
                 raise SystemExit(2)
-            states = [job_state(p) for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
+            states = [job_state(p) for p in sweep_dir.iterdir() if (p / RunFiles.HYDRA).is_dir()]
             log.info("resuming the sweep in %s: %d jobs finished, %d interrupted, %d failed before", sweep_dir,
-                     states.count("finished"), states.count("interrupted"), states.count("failed"))  # fmt: skip
+                     states.count(JobState.FINISHED), states.count(JobState.INTERRUPTED),
+                     states.count(JobState.FAILED))  # fmt: skip
         OmegaConf.save(config, record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -92,10 +167,10 @@ class SweepRecord(Callback):
 
 def resume_command(sweep_dir: Path, extra: list[str]) -> tuple[list[str], Path]:
     """The ``cnnlab.train -m`` command that finishes the sweep in ``sweep_dir``, and the directory to run it in."""
-    record = sweep_dir / RECORD
+    record = sweep_dir / SweepFiles.RECORD
     if not record.is_file():
         raise ConfigError(
-            f"{sweep_dir} is not a sweep dir (it has no {RECORD}); give the folder a sweep wrote, "
+            f"{sweep_dir} is not a sweep dir (it has no {SweepFiles.RECORD}); give the folder a sweep wrote, "
             f"e.g. logs/multirun/<date>_<time>."
         )
     try:

@@ -15,7 +15,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.resume import RECORD
+from cnnlab.vocab import SweepFiles
 
 
 def sweeper_overrides(config: DictConfig) -> list[Override]:
@@ -65,7 +65,7 @@ def _record(path: Path, mtime_ns: int) -> DictConfig | None:
 
 def sweep_record(sweep_dir: Path | str) -> DictConfig | None:
     """The sweep's record in ``sweep_dir`` (written before any job starts), or None without a readable one."""
-    path = Path(sweep_dir) / RECORD
+    path = Path(sweep_dir) / SweepFiles.RECORD
     try:
         return _record(path, path.stat().st_mtime_ns)
     except OSError:
