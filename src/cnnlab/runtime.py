@@ -80,7 +80,24 @@ class OutputDirs(Callback):
         make_output_dir(config, "run")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse_a_swept_debug_mode(config)
         make_output_dir(config, "sweep")
+
+
+def refuse_a_swept_debug_mode(config: DictConfig) -> None:
+    """A sweep over ``debug=...`` modes: each mode moves its jobs under ``<log root>/debug/`` (its own
+    ``hydra.sweep.dir``), away from the sweep's dir, whose report would find none of them. One line, exit 2, unless
+    the sweep's dir is given on the command line (then every job goes there)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    swept = any(o.key_or_group == "debug" and o.is_sweep_override() for o in parsed)
+    given_dir = any(str(o).startswith("hydra.sweep.dir=") for o in config.hydra.overrides.hydra)
+    if swept and not given_dir:
+        print("cnnlab: error: debug=... takes one mode per sweep (a mode moves its jobs under <log root>/debug/); run "
+              "one mode with -m over the rest (debug=limit -m model=lenet,lenet_k3), or give the sweep's dir "
+              "(hydra.sweep.dir=...).", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
 
 
 def make_output_dir(config: DictConfig, mode: str) -> None:
