@@ -237,3 +237,21 @@ def test_images_setting_takes_files_folders_globs_and_lists(tmp_path):
         image_files(f"{tmp_path}/*.gif")
     with pytest.raises(ConfigError, match="images is not set"):
         image_files(None)
+
+
+@pytest.mark.parametrize("module", ["cnnlab.eval", "cnnlab.predict"])
+def test_a_boolean_setting_takes_only_a_boolean_in_eval_and_predict(module, tmp_path):
+    """``tta=off`` switched test-time augmentation on in cnnlab.eval (bool('off')); it is refused, as by
+    cnnlab.train. null keeps the training run's setting."""
+    for value, refused in (("off", "tta='off' must be true or false."), ("yes", "tta='yes' must be true or false."),
+                           ("null", None)):  # fmt: skip
+        images = ["images=x.png"] if module == "cnnlab.predict" else []
+        result = run_cli(module, f"ckpt_path={tmp_path}/none.ckpt", f"tta={value}", *images, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("cnnlab: error:")]
+        if refused:
+            assert line == f"cnnlab: error: {refused}", line
+        else:
+            assert "tta" not in line and "none.ckpt" in line, line  # past the settings: the missing checkpoint
+    train = run_cli("cnnlab.train", "tta=off", cwd=tmp_path)
+    assert train.stderr.strip() == "cnnlab: error: tta='off' must be true or false."

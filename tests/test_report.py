@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from cnnlab.plot import read_curves
 from cnnlab.report import main, write_report
 from cnnlab.runs import aggregate_seeds, load_runs, run_labels
-from conftest import TINY_OVERRIDES, run_cli
+from conftest import run_cli
 
 
 def fake_run(

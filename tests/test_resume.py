@@ -357,3 +357,59 @@ def test_ctrl_c_stops_a_search_on_the_basic_launcher_and_resume_finishes_it(tmp_
     assert sorted(int(name.split("_")[0]) for name in after) == [0, 1, 2]
     assert after[next(n for n in before if n.startswith("0_"))] == before[next(n for n in before if n.startswith("0_"))]
     assert f"job {trial_1.name} was interrupted: resuming from" in (trial_1 / "train.log").read_text()
+
+
+def killed_and_resumed(command: list[str], cwd: Path) -> int:
+    """Run the sweep; while a kill stops it (SIGKILL: exit -9), run the same command again in its dir (what
+    ``cnnlab.resume`` runs, forked here: no new interpreter each time). How many kills."""
+    env, kills = {**os.environ, "PYTHONUNBUFFERED": "1"}, 0
+    while (code := forked_cli.start("cnnlab.train", command, str(cwd), env, str(cwd / "run.log")).wait(300)) == -9:
+        kills += 1
+    assert code == 0, (cwd / "run.log").read_text()[-3000:]
+    return kills
+
+
+KILLS = ["step", "validation", "epoch", "test", "record"]
+METRICS = ("val_acc", "train_acc", "train_loss", "test_acc", "examples_per_sec")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["grid", "search"])
+def test_a_job_killed_at_any_point_resumes_with_every_metric_it_had(kind, tmp_path):
+    """SIGKILL (a deterministic hook in the job: tests/kill_at.py) between steps, during validation, between
+    epochs, during the test and while writing the record: each time ``cnnlab.resume`` finishes the sweep, and every
+    record ends as an uninterrupted sweep's does: the same status and epochs, every metric it has set. A search (a
+    grid sampler over 2 and 3 epochs, pruned at its second step) has a pruned trial and a complete one, none run
+    twice."""
+    from test_search import FIXED
+
+    if kind == "grid":
+        sweep = ["optimizer.lr=0.05,0.1"]
+    else:
+        sweep = ["sweep=optuna", *FIXED, "hydra/sweeper/sampler=grid", "trainer.max_epochs=choice(2,3)",
+                 "hydra.sweeper.pruner=threshold",
+                 "hydra.sweeper.pruner_args={lower: 1.01, n_warmup_steps: 1}"]  # fmt: skip
+    outcomes = []
+    kill_at = f"+callbacks.kill_at={{_target_: kill_at.KillAt, points: [{','.join(KILLS)}], markers: {tmp_path}/marks}}"
+    for name, extra in (("reference", []), ("killed", [kill_at])):
+        folder = tmp_path / name
+        folder.mkdir()
+        sweep_dir = folder / "sweep"
+        command = ["-m", *long_run_overrides(folder, "callbacks.step_checkpoint.every_n_train_steps=5",
+                   "trainer.deterministic=true", *[f"callbacks.{n}=null" for n in IMAGE_CALLBACKS]), *sweep, *extra,
+                   f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip  (the sweep's own trainer.max_epochs last: it wins)
+        kills = killed_and_resumed(command, folder)
+        found = sweep_dir.glob("*/metrics.json")
+        records = {int(p.parent.name.split("_")[0]): json.loads(p.read_text()) for p in found}
+        outcomes.append((kills, records, sweep_dir))
+    (_, reference, _), (kills, killed, sweep_dir) = outcomes
+    assert kills == len(KILLS) and sorted(p.name for p in (tmp_path / "marks").iterdir()) == sorted(KILLS)
+    assert sorted(killed) == sorted(reference) == [0, 1]
+    for number, record in reference.items():
+        again = killed[number]
+        assert (again["status"], again["epochs"]) == (record["status"], record["epochs"]), number
+        assert {k for k in METRICS if again[k] is not None} == {k for k in METRICS if record[k] is not None}, number
+    if kind == "search":
+        study = optuna.load_study(study_name="lenet", storage=f"sqlite:///{sweep_dir}/optuna.db")
+        states = [t.state for t in study.trials]
+        assert sorted(s.name for s in states) == ["COMPLETE", "PRUNED"]  # 2 trials: none asked or run twice

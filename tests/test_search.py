@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from cnnlab import study as studies
 from cnnlab.errors import ConfigError
+from cnnlab.report import main as main_report
 from conftest import TINY_OVERRIDES, run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -169,15 +170,69 @@ def test_a_two_objective_search_reports_its_pareto_front(tmp_path, tiny_data_dir
                                        "'interval(0.1)': missing a required argument: 'end'"),
         ("optimizer.lr=interval(0.5,0.1)", "the search space cannot be parsed: optimizer.lr=interval(0.5,0.1) (an "
                                            "interval (low, high), low < high)"),
+        ("data.batch_size=interval(16.5,64.0)", "the search space: data.batch_size=16.5 must be an integer. The "
+                                                "search space gives data.batch_size an interval of decimals"),
+        ("optimizer=choice(sgd,adma)", "the search space: optimizer=adma is not a choice of the optimizer group "
+                                       "(adam, adamw, sgd, sgd_nesterov)."),
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 must be an integer >= 1 (the trials in all)."),
+        ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 must be an integer >= 1 (the trials in flight at once)."),
+        ("hydra.sweeper.pruner_args={n_startup_trials: abc}", "hydra.sweeper.pruner_args.n_startup_trials='abc' must "
+                                                              "be an integer (MedianPruner's n_startup_trials)."),
+        ("hydra.sweeper.pruner=percentile", "hydra.sweeper.pruner=percentile needs percentile (a number): give "
+                                            "'hydra.sweeper.pruner_args={percentile: ...}'."),
+        ("hydra.sweeper.pruner_args={percentile: 150.0}", None),  # Optuna's own check of the value: its words
+        ("hydra.sweeper.storage=not-a-url", "hydra.sweeper.storage=not-a-url is not a database URL"),
+        ("hydra/sweeper/sampler=grid", "hydra/sweeper/sampler=grid takes choice(...) or range(...), not an "
+                                       "interval: optimizer.lr; give its values."),
     ],
 )
 def test_a_bad_search_setting_is_one_line_before_any_trial(tmp_path, tiny_data_dir, override, message):
-    pruner = "hyperband" if "objectives=[val_acc,macs]" in override else "median"
-    result, sweep_dir = search(tmp_path, tiny_data_dir, f"hydra.sweeper.pruner={pruner}", override)
+    pruner = {"objectives=[val_acc,macs]": "hyperband", "percentile: 150": "percentile"}
+    pruner = next((name for key, name in pruner.items() if key in override), "median")
+    space = ["optimizer.lr=tag(log, interval(0.01, 0.5))"] if "sampler=grid" in override else []
+    result, sweep_dir = search(tmp_path, tiny_data_dir, f"hydra.sweeper.pruner={pruner}", *space, override)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"cnnlab: error: {message}"), last
+    (line,) = [line for line in result.stderr.strip().splitlines() if line.startswith("cnnlab: error:")]
+    assert line.startswith(f"cnnlab: error: {message or ''}"), line
+    if message is None:
+        assert "hydra.sweeper.pruner=percentile with hydra.sweeper.pruner_args={'percentile': 150.0}: " in line
+        assert "150" in line.split(": ", 2)[2]
     assert not list(sweep_dir.glob("*/metrics.json")) and not list(sweep_dir.glob("[0-9]*"))
+
+
+def test_a_misspelt_key_of_a_sweep_file_or_a_storage_under_a_file_is_one_line(tmp_path, tiny_data_dir):
+    conf = tmp_path / "myconf" / "sweep"
+    conf.mkdir(parents=True)
+    (conf / "typo.yaml").write_text("# @package _global_\ndefaults:\n  - override /hydra/sweeper: optuna\n"
+                                    "hydra:\n  sweeper:\n    params:\n      model.kernel_size: choice(3, 5)\n")
+    (tmp_path / "a-file").write_text("not a folder")
+    for overrides, message in (
+        (["--config-dir", str(tmp_path / "myconf"), "-m", "sweep=typo"],
+         "the search space: model.kernel_size is not a model setting; did you mean model.kernel_sizes, "
+         "model.pool_size?"),
+        (["-m", "sweep=optuna", f"hydra.sweeper.storage=sqlite:///{tmp_path}/a-file/study/optuna.db"],
+         f"hydra.sweeper.storage=sqlite:///{tmp_path}/a-file/study/optuna.db: cannot create {tmp_path}/a-file/study "
+         f"({tmp_path}/a-file is a file); point it at a writable folder."),
+    ):  # fmt: skip
+        result = run_cli("cnnlab.train", *overrides, *FIXED[:1], *TINY_OVERRIDES, f"paths.data_dir={tiny_data_dir}",
+                         f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("cnnlab: error:")]
+        assert line == f"cnnlab: error: {message}", line
+    assert not list((tmp_path / "logs").rglob("metrics.json"))
+
+
+@pytest.mark.slow
+def test_the_grid_sampler_runs_from_the_command_line(tmp_path, tiny_data_dir):
+    """Hydra built the sampler node before the sweeper saw it, and Optuna's grid sampler cannot be built without its
+    search space: every grid search failed. Now it runs each point of the grid once, and no more."""
+    result, sweep_dir = search(tmp_path, tiny_data_dir, "hydra/sweeper/sampler=grid", "optimizer.lr=choice(0.05,0.1)",
+                               "model.pool=choice(avg,max)")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load(sweep_dir).trials
+    assert sorted((t.params["optimizer.lr"], t.params["model.pool"]) for t in trials) == [
+        (0.05, "avg"), (0.05, "max"), (0.1, "avg"), (0.1, "max")]  # fmt: skip
+    assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
 def test_a_pruned_record_is_a_finished_job(tmp_path):
@@ -213,7 +268,7 @@ def test_each_sampler_is_optunas_seeded(name, tiny_cfg):
                                      if "interval" not in v])  # fmt: skip  (a grid takes no interval)
     sampler, grid_size = build_sampler(cfg.hydra.sweeper.sampler, space)
     classes = {"tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "nsgaii": "NSGAIISampler"}
-    assert type(sampler).__name__ == classes[name]
+    assert isinstance(sampler, getattr(optuna.samplers, classes[name]))
     assert grid_size == (3 * 4 * 4 * 4 * 2 if name == "grid" else None)
     study = optuna.create_study(sampler=sampler, directions=["maximize", "minimize"] if name == "nsgaii" else None)
     first = study.ask(space).params
@@ -229,3 +284,41 @@ def test_a_sampler_that_is_not_optunas_is_one_line():
         build_sampler({"_target_": "random.Random"}, {})
     with pytest.raises(ConfigError, match=r"hydra.sweeper.sampler: n_startup is not an argument of the sampler"):
         build_sampler({"_target_": "optuna.samplers.TPESampler", "n_startup": 3}, {})
+
+
+def corrupt(study: Path, how: str) -> None:
+    """A study file cut short, overwritten, or another program's SQLite database in its place."""
+    import sqlite3
+
+    if how == "truncated":
+        study.write_bytes(study.read_bytes()[:3000])
+    elif how == "overwritten":
+        study.write_text("this is not a database\n" * 50)
+    else:
+        study.unlink()
+        with sqlite3.connect(study) as db:
+            db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+
+
+@pytest.mark.slow
+def test_a_corrupt_study_is_one_line_for_resume_and_the_report_keeps_the_runs(tmp_path, tiny_data_dir):
+    result, sweep_dir = search(tmp_path, tiny_data_dir, "hydra.sweeper.n_trials=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    study, record = sweep_dir / "optuna.db", (sweep_dir / "multirun.yaml").read_bytes()
+    saved = study.read_bytes()
+    for how in ("truncated", "overwritten", "foreign"):
+        study.write_bytes(saved)
+        corrupt(study, how)
+        damaged = study.read_bytes()
+        resumed = run_cli("cnnlab.train", "-m", "sweep=optuna", *FIXED, *TINY_OVERRIDES, "hydra.sweeper.n_trials=1",
+                          f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}",
+                          f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)  # fmt: skip  (what cnnlab.resume runs)
+        assert resumed.returncode == 2 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+        (line,) = [line for line in resumed.stderr.splitlines() if line.startswith("cnnlab: error:")]
+        assert line.startswith(f"cnnlab: error: {study} is ") and "move it away" in line, line
+        assert ("another program" in line) == (how == "foreign"), line
+        assert (sweep_dir / "multirun.yaml").read_bytes() == record and study.read_bytes() == damaged  # untouched
+    assert main_report([str(sweep_dir)]) == 0  # the runs' tables, and the study part said to be missing
+    report = (sweep_dir / "report.md").read_text()
+    assert "The study part is missing: " in report and str(study) in report and "| ok |" in report
+    assert (sweep_dir / "report.csv").is_file()

@@ -264,8 +264,10 @@ def test_a_failed_job_is_recorded_and_the_rest_of_the_sweep_runs(tmp_path, tiny_
         f"paths.log_dir={log_dir}",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 3, result.stderr[-3000:]  # the others ran; the status says one failed
     sweep_dir = sweep_dir_of(log_dir)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"cnnlab: 1 of 3 jobs failed (1_optimizer.momentum=-1.0): exit status 3; errors in {sweep_dir}/report.md.")
     metrics = job_metrics(sweep_dir)
     assert [metrics[i].get("status", "ok") for i in range(3)] == ["ok", "failed", "ok"]
     assert "momentum" in metrics[1]["error"] and metrics[1]["test_acc"] is None
@@ -292,7 +294,7 @@ def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_data_dir):
         f"paths.log_dir={log_dir}",
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 3, result.stderr[-3000:]  # the search went on; its status says trials failed
     sweep_dir = sweep_dir_of(log_dir)
     metrics = job_metrics(sweep_dir)
     kernels = {
@@ -303,6 +305,15 @@ def test_optuna_search_goes_on_after_a_failed_trial(tmp_path, tiny_data_dir):
     assert all((m.get("status") == "failed") == kernels[i] for i, m in metrics.items())
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_params"]["model.kernel_sizes"] == 5
+
+
+def test_a_sweep_in_which_no_job_completed_says_so_as_an_error(tmp_path, tiny_data_dir):
+    result = run_cli("cnnlab.train", "-m", "optimizer.momentum=-1.0,-2.0", *TINY_OVERRIDES,
+                     f"paths.data_dir={tiny_data_dir}", f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 4 and "Traceback" not in result.stderr.split("job failed")[0], result.stderr[-3000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("cnnlab: error: no job of the sweep completed (2 failed: 0_optimizer.momentum=-1.0, "
+                           "1_optimizer.momentum=-2.0); their errors are in "), line  # fmt: skip
 
 
 def test_a_jobs_per_gpu_below_one_is_refused_before_any_job(tmp_path, tiny_data_dir):

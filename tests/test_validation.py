@@ -145,6 +145,8 @@ CASES = [
     BadInput("label-smoothing-out-of-range", ("label_smoothing=1.0",), ("label_smoothing=1.0", "[0, 1)")),
     BadInput("ema-decay-out-of-range", ("ema=1.5",), ("ema=1.5", "(0, 1)")),
     BadInput("warmup-longer-than-run", ("scheduler.warmup_epochs=3",), ("scheduler.warmup_epochs=3", "max_epochs")),
+    BadInput("one-cycle-without-an-end", ("scheduler=onecycle", "trainer.max_epochs=-1"),
+             ("trainer.max_epochs=-1 sets no end", "scheduler.total_steps=null", "trainer.max_steps")),
     BadInput("warmup-before-one-cycle", ("scheduler=onecycle", "trainer.max_epochs=3", "scheduler.warmup_epochs=1"),
              ("scheduler.warmup_epochs=1", "scheduler=onecycle", "warm up twice", "scheduler.pct_start")),
     BadInput("checkpoint-of-other-model", ("model.pool=max",), ("model.pool=avg", "pool=max"), checkpoint_of_lenet),

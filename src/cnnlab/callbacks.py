@@ -74,6 +74,38 @@ class ExamplesPerSecond(Callback):
         self.examples, self.seconds = state_dict["examples"], state_dict["seconds"]
 
 
+class CheckpointedMetrics(Callback):
+    """The last epoch's metrics of the run record (validation accuracy, training accuracy and loss), kept in every
+    checkpoint: a run resumed after its last epoch (killed while it tested, or while it wrote its record) trains no
+    more and logs none of them again, yet its record holds them. ``cnnlab.run`` adds it to every run.
+
+    Taken at each epoch's end and each validation's end, the moments Lightning has them in ``callback_metrics``
+    (before the epoch-end checkpoint is written); a step checkpoint carries the previous epoch's.
+    """
+
+    KEPT = (Tag.VAL_ACC, Tag.TRAIN_ACC, Tag.TRAIN_LOSS_EPOCH)
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def _take(self, trainer: pl.Trainer) -> None:
+        if not trainer.sanity_checking:  # one host read per epoch of values Lightning has already reduced
+            logged = trainer.callback_metrics
+            self.metrics.update({key: float(logged[key]) for key in self.KEPT if key in logged})
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take(trainer)
+
+    def state_dict(self) -> dict:
+        return {"metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.metrics = dict(state_dict.get("metrics") or {})
+
+
 def ema_weights(decay: float | None) -> EMAWeightAveraging | None:
     """Lightning's exponential moving average of the weights (and BN statistics) when ``ema`` is set; else None.
 

@@ -7,7 +7,12 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
+
+# The exit statuses of cnnlab's commands (README, "When things go wrong"); a signal's: 128 + its number.
+EXIT_USER_ERROR = 2  # a mistake in the command, the config or the data: one line, nothing run
+EXIT_JOBS_FAILED = 3  # a sweep or search ran every job; some failed (report.md names them and their errors)
+EXIT_NO_JOB_COMPLETED = 4  # a sweep or search in which no job completed
 
 
 class CnnlabError(Exception):
@@ -69,5 +74,10 @@ def exit_on_user_error() -> Iterator[None]:
         problem = user_error(err)
         if problem is None or os.environ.get("CNNLAB_DEBUG") == "1":
             raise
-        print(f"cnnlab: error: {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse(str(problem))
+
+
+def refuse(message: str) -> NoReturn:
+    """A user mistake found outside a job (a Hydra callback, a plugin): one ``cnnlab: error:`` line, exit 2."""
+    print(f"cnnlab: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR) from None

@@ -9,6 +9,7 @@ keeping the training keys.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from cnnlab.config import CONF_DIR, as_dict
 from cnnlab.errors import ConfigError, exit_on_user_error
 from cnnlab.module import ClassifierModule
 from cnnlab.rundir import add_eval, run_dir_of
+from cnnlab.schemas import check_overrides
 from cnnlab.vocab import Tag
 
 log = logging.getLogger("cnnlab.eval")
@@ -74,7 +76,9 @@ def load_classifier(path: str | Path, tta: bool | None = None) -> tuple[Classifi
     ``tta``: average the predictions for each image and its mirror image; None keeps the training run's setting.
     """
     checkpoint = read_checkpoint(path)
-    settings: dict[str, Any] = {"compile": False} if tta is None else {"compile": False, "tta": bool(tta)}
+    if tta is not None and not isinstance(tta, bool):
+        raise ConfigError(f"tta={tta!r} must be true or false (or null: as the run was trained).")
+    settings: dict[str, Any] = {"compile": False} if tta is None else {"compile": False, "tta": tta}
     try:
         module = ClassifierModule.load_from_checkpoint(
             Path(path).expanduser(), map_location="cpu", weights_only=True, **settings
@@ -141,5 +145,13 @@ def main(cfg: DictConfig) -> float:
         return evaluate(cfg)["test_acc"]
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m cnnlab.eval``: the overrides checked as ``cnnlab.train`` checks them (``tta=off`` is refused:
+    true, false or null), then compose and evaluate."""
+    with exit_on_user_error():
+        check_overrides(sys.argv[1:], CONF_DIR, nullable=("tta",))
     main()
+
+
+if __name__ == "__main__":
+    cli()

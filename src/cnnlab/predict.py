@@ -26,6 +26,7 @@ from cnnlab.config import CONF_DIR
 from cnnlab.errors import CnnlabError, ConfigError, exit_on_user_error
 from cnnlab.eval import load_classifier
 from cnnlab.idx import DATASETS
+from cnnlab.schemas import check_overrides
 
 GLOB_CHARS = set("*?[")
 
@@ -137,5 +138,13 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(2)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m cnnlab.predict``: the overrides checked as ``cnnlab.train`` checks them (``tta=off`` is refused:
+    true, false or null), then compose and classify."""
+    with exit_on_user_error():
+        check_overrides(sys.argv[1:], CONF_DIR, nullable=("tta",))
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -13,11 +13,13 @@ asks the pruner; every DDP rank gets its answer, and all stop after the same epo
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
+from cnnlab.callbacks import CheckpointedMetrics
 from cnnlab.vocab import Tag
 
 if TYPE_CHECKING:
@@ -36,19 +38,33 @@ class TrialPruning(Callback):
         self.trial = trial  # None on the ranks other than 0: they take rank 0's answer
         self.pruned_after: int | None = None  # the epochs trained when pruned
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A trial resumed from an epoch's end (its process killed after it reported, or before) asks again about the
+        last epoch its checkpoint holds: a pruned trial stays pruned after the same epoch, as if never killed."""
+        if trainer.current_epoch == 0:
+            return
+        kept = next((c.metrics for c in trainer.callbacks if isinstance(c, CheckpointedMetrics)), {})
+        self.decide(trainer, kept.get(Tag.VAL_ACC), trainer.current_epoch - 1)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        accuracy = trainer.callback_metrics.get(Tag.VAL_ACC)
+        self.decide(trainer, None if accuracy is None else float(accuracy), trainer.current_epoch)
+
+    def decide(self, trainer: pl.Trainer, accuracy: float | None, epoch: int) -> None:
+        """Report ``accuracy`` at ``epoch`` (a step already reported keeps its value), ask the pruner (process 0),
+        and stop every rank after that epoch when it prunes."""
         prune = False
-        if trainer.is_global_zero and self.trial is not None:
-            accuracy = trainer.callback_metrics.get(Tag.VAL_ACC)
-            if accuracy is not None:
-                self.trial.report(float(accuracy), step=trainer.current_epoch)
-                last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-                prune = not last and self.trial.should_prune()  # after the last epoch stopping saves nothing
+        if trainer.is_global_zero and self.trial is not None and accuracy is not None:
+            with warnings.catch_warnings():  # Optuna's note that a step reported before keeps its first value
+                warnings.simplefilter("ignore", UserWarning)
+                self.trial.report(accuracy, step=epoch)
+            last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+            prune = not last and self.trial.should_prune()  # after the last epoch stopping saves nothing
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
-            self.pruned_after = trainer.current_epoch + 1
+            self.pruned_after = epoch + 1
             trainer.should_stop = True
             log.info("pruned after epoch %d: val acc below what the pruner keeps", self.pruned_after)
 

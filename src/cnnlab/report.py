@@ -23,13 +23,13 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from cnnlab.errors import CnnlabError, user_error
+from cnnlab.errors import EXIT_JOBS_FAILED, EXIT_NO_JOB_COMPLETED, CnnlabError, user_error
 from cnnlab.files import write_text_atomically
 from cnnlab.plot import plot_report
 from cnnlab.report_table import configs_table, markdown_table
 from cnnlab.rundir import RESULT_KEYS
 from cnnlab.runs import LEGACY_NOTE, aggregate_seeds, ahead_line, best_line, filter_tags, legacy_runs, load_runs
-from cnnlab.study_report import study_section
+from cnnlab.study_report import failed_trials, study_section
 from cnnlab.vocab import FINISHED, Status, SweepFiles
 
 log = logging.getLogger("cnnlab.report")
@@ -114,7 +114,11 @@ class ReportAfterSweep(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        rows = write_report(sweep_dir)
+        try:
+            rows = write_report(sweep_dir)
+        except CnnlabError as err:  # no job left a record (every trial failed before its job started, say)
+            log.error("no report: %s", err)
+            return
         configs = aggregate_seeds(rows)
         outputs = ", ".join(str(sweep_dir / name) for name in OUTPUTS)
         log.info("report: %s\n%s\n%s", outputs, configs_table(configs), markdown_table(rows))
@@ -122,6 +126,40 @@ class ReportAfterSweep(Callback):
         if failed:
             log.warning("%d job(s) failed or did not finish: %s (errors in report.md)", len(failed), ", ".join(failed))
         print(best_line(configs), f"report: {sweep_dir / SweepFiles.REPORT}", sep="\n", flush=True)
+
+
+class SweepExitStatus(Callback):
+    """Hydra callback, the last to run when a sweep ends: its exit status tells the truth (``cnnlab.errors``): 0 when
+    every job completed (ok, or pruned by the search), ``EXIT_JOBS_FAILED`` when some failed (the others ran to
+    their end; report.md names the failed ones and their errors), ``EXIT_NO_JOB_COMPLETED`` with one error line
+    when none completed. A search's trials are counted from its study (a trial whose job could not start has no
+    job dir), a grid's jobs from their records."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        completed, failed = outcome(sweep_dir)
+        if failed and not completed:
+            print(f"cnnlab: error: no job of the sweep completed ({len(failed)} failed: {', '.join(failed[:5])}"
+                  f"{', ...' if len(failed) > 5 else ''}); their errors are in {sweep_dir / SweepFiles.REPORT} and "
+                  f"their train.log.", file=sys.stderr)  # fmt: skip
+            raise SystemExit(EXIT_NO_JOB_COMPLETED)
+        if failed:
+            print(f"cnnlab: {len(failed)} of {len(failed) + completed} jobs failed ({', '.join(failed[:5])}"
+                  f"{', ...' if len(failed) > 5 else ''}): exit status {EXIT_JOBS_FAILED}; errors in "
+                  f"{sweep_dir / SweepFiles.REPORT}.", file=sys.stderr)  # fmt: skip
+            raise SystemExit(EXIT_JOBS_FAILED)
+
+
+def outcome(sweep_dir: Path) -> tuple[int, list[str]]:
+    """How many jobs of the sweep completed (ok or pruned), and the names of those that did not."""
+    rows = load_runs(sweep_dir) if sweep_dir.is_dir() else []
+    failed = [r["run"] for r in not_finished(rows)]
+    completed = len(rows) - len(failed)
+    study = sweep_dir / SweepFiles.STUDY
+    if study.is_file():  # trials that failed before their job wrote anything are in the study only
+        numbers = {r["run"].split("_", 1)[0] for r in rows}
+        failed += [f"trial {n}" for n in failed_trials(study) if str(n) not in numbers]
+    return completed, failed
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[Path, list[str] | None]:

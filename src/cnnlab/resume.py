@@ -23,9 +23,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cnnlab.environment import tell_the_api
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, refuse
 from cnnlab.fingerprint import changes, identity
 from cnnlab.rundir import BadRecord, DirBusy, hold, job_state, read_record
+from cnnlab.search_checks import check_study_file
 from cnnlab.vocab import JobState, RunFiles, SweepFiles
 
 log = logging.getLogger("cnnlab.resume")
@@ -135,10 +136,14 @@ class SweepRecord(Callback):
         try:  # held until the sweep ends (or its process does: a killed sweep leaves no stale lock)
             self.lock = hold(sweep_dir, "swept")
         except DirBusy as busy:
-            print(f"cnnlab: error: {busy}", file=sys.stderr)
-            raise SystemExit(2) from None
+            refuse(str(busy))
         tell_the_api(sweep_dir=sweep_dir)
         record = sweep_dir / SweepFiles.RECORD
+        if (sweep_dir / SweepFiles.STUDY).exists():  # a search's study that cannot be read: refused before the record
+            try:  # is rewritten (a failed resume leaves the sweep's files as they were)
+                check_study_file(sweep_dir / SweepFiles.STUDY)
+            except ConfigError as err:
+                refuse(str(err))
         if record.is_file():
             recorded = OmegaConf.load(record)
             changed = differences(list(recorded.hydra.overrides.task), list(config.hydra.overrides.task))
@@ -148,10 +153,9 @@ class SweepRecord(Callback):
             if not changed:
                 changed, what = job_changes(sweep_dir), "jobs whose configs have changed since they ran"
             if changed:
-                print(f"cnnlab: error: {sweep_dir} holds a sweep with {what}: {changed}. Resume it as it ran "
-                      f"(python -m cnnlab.resume {sweep_dir}, the config files as they were), or start a new sweep "
-                      f"without hydra.sweep.dir.", file=sys.stderr)  # fmt: skip
-                raise SystemExit(2)
+                refuse(f"{sweep_dir} holds a sweep with {what}: {changed}. Resume it as it ran (python -m "
+                       f"cnnlab.resume {sweep_dir}, the config files as they were), or start a new sweep without "
+                       f"hydra.sweep.dir.")  # fmt: skip
             states = [job_state(p) for p in sweep_dir.iterdir() if (p / RunFiles.HYDRA).is_dir()]
             log.info("resuming the sweep in %s: %d jobs finished, %d interrupted, %d failed before", sweep_dir,
                      states.count(JobState.FINISHED), states.count(JobState.INTERRUPTED),

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cnnlab.callbacks import ExamplesPerSecond
+from cnnlab.callbacks import CheckpointedMetrics, ExamplesPerSecond
 from cnnlab.config import as_dict
 from cnnlab.console import config_log, log_config, print_header, print_summary
 from cnnlab.errors import RunInterrupted
@@ -96,6 +96,7 @@ def build_trainer(cfg: DictConfig, ctx: JobContext | None) -> pl.Trainer:
     callbacks = [c for c in callbacks if c is not None]  # a switched-off callback (ema=null) builds None
     for saver in (c for c in callbacks if isinstance(c, InterruptCheckpoint)):
         saver.requeue_on_usr2 = ctx is not None and ctx.requeue_on_usr2  # submitit's job: SIGUSR2 saves, requeues
+    callbacks.append(CheckpointedMetrics())  # the record's metrics in every checkpoint: a late resume keeps them
     pruning = pruning_callback(ctx.trial, ctx.pruned) if ctx is not None else None
     if pruning is not None:
         callbacks.append(pruning)
@@ -145,8 +146,11 @@ def log_final(cfg: DictConfig, trainer: pl.Trainer, record: RunRecord, macs: int
 
 def final_record(ctx: JobContext, trainer: pl.Trainer, module: ClassifierModule, logged: dict[str, float],
                  test_results: list[dict], macs: int) -> RunRecord:  # fmt: skip
-    """The run's record, as written to ``metrics.json``."""
+    """The run's record, as written to ``metrics.json``: the metrics of the run's last epoch, those this process
+    logged or, when it trained no epoch (resumed after its last), those its checkpoint kept."""
     speed = next((c for c in trainer.callbacks if isinstance(c, ExamplesPerSecond)), None)
+    kept = next((c.metrics for c in trainer.callbacks if isinstance(c, CheckpointedMetrics)), {})
+    logged = {**kept, **logged}
     return RunRecord(
         test_acc=test_results[0].get(Tag.TEST_ACC) if test_results else None,
         val_acc=logged.get(Tag.VAL_ACC),

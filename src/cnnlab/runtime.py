@@ -10,7 +10,6 @@ import hashlib
 import logging
 import re
 import string
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from cnnlab.errors import refuse
 from cnnlab.report_table import round_floats, split_overrides
 from cnnlab.sweepspace import sweep_record, swept_keys
 
@@ -94,10 +94,9 @@ def refuse_a_swept_debug_mode(config: DictConfig) -> None:
     swept = any(o.key_or_group == "debug" and o.is_sweep_override() for o in parsed)
     given_dir = any(str(o).startswith("hydra.sweep.dir=") for o in config.hydra.overrides.hydra)
     if swept and not given_dir:
-        print("cnnlab: error: debug=... takes one mode per sweep (a mode moves its jobs under <log root>/debug/); run "
-              "one mode with -m over the rest (debug=limit -m model=lenet,lenet_k3), or give the sweep's dir "
-              "(hydra.sweep.dir=...).", file=sys.stderr)  # fmt: skip
-        raise SystemExit(2)
+        refuse("debug=... takes one mode per sweep (a mode moves its jobs under <log root>/debug/); run one mode "
+               "with -m over the rest (debug=limit -m model=lenet,lenet_k3), or give the sweep's dir "
+               "(hydra.sweep.dir=...).")
 
 
 def make_output_dir(config: DictConfig, mode: str) -> None:
@@ -110,9 +109,7 @@ def make_output_dir(config: DictConfig, mode: str) -> None:
         blocker = next((p for p in folder.parents if p.exists()), None)
         why = f"{blocker} is a file" if blocker is not None and not blocker.is_dir() else err.strerror
         log_dir = OmegaConf.select(config, "paths.log_dir", throw_on_resolution_failure=False)
-        print(f"cnnlab: error: paths.log_dir={log_dir}: cannot create {folder} ({why}); point paths.log_dir at a "
-              f"writable folder.", file=sys.stderr)  # fmt: skip
-        raise SystemExit(2) from None
+        refuse(f"paths.log_dir={log_dir}: cannot create {folder} ({why}); point paths.log_dir at a writable folder.")
 
 
 class LightningNotes(logging.Filter):

@@ -221,10 +221,12 @@ def chosen_schemas(group: str, parsed: list[Any], conf_dir: Path | None) -> tupl
     return ((schema,), choice) if schema in SCHEMAS else (every, None)
 
 
-def check_overrides(overrides: list[str], conf_dir: Path | None = None) -> None:
+def check_overrides(overrides: list[str], conf_dir: Path | None = None, nullable: tuple[str, ...] = ()) -> None:
     """Refuse, in one line, an override of a schema'd setting whose key is not an argument of what it configures
     (with the closest names) or whose value has the wrong type. Runs before Hydra composes; with ``conf_dir``, an
-    ``optimizer.*``/``scheduler.*`` key is checked against the chosen optimizer's or scheduler's own arguments."""
+    ``optimizer.*``/``scheduler.*`` key is checked against the chosen optimizer's or scheduler's own arguments.
+    ``nullable``: keys that take null besides their type in this entry point (``tta`` of ``cnnlab.eval``: as
+    trained)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from cnnlab.errors import ConfigError
@@ -267,5 +269,5 @@ def check_overrides(overrides: list[str], conf_dir: Path | None = None) -> None:
         except Exception:  # a range or interval (Optuna) sweep: its values are checked when jobs compose
             continue
         for value in values:
-            if not fits(value, annotation):
+            if not fits(value, annotation) and not (value is None and key in nullable):
                 raise type_error(key, value, annotation)

@@ -8,7 +8,6 @@ The search space keeps the syntax of Hydra's Optuna sweeper: ``choice(a, b)``, `
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 
 from cnnlab.errors import ConfigError
+from cnnlab.search_checks import built, check_arguments, check_counts, check_storage
 
 if TYPE_CHECKING:
     import optuna
@@ -40,6 +40,8 @@ PRUNERS = {
 # to a single-objective study beside it, this name's suffix, whose pruner decides. Hyperband's brackets work by
 # filtering the trials the sampler sees, which only a pruner of the sampler's own study can do.
 PRUNING_STUDY = "-pruning"
+# cnnlab's defaults for the pruners' arguments that Optuna requires or leaves open (patient: a median pruner inside)
+PRUNER_DEFAULTS = {"patient": {"wrapped_pruner": None, "patience": 1}, "threshold": {"lower": 0.0}}
 NEEDS_THE_SAMPLERS_STUDY = {"hyperband"}
 PRUNING_TRIAL_ATTR = "cnnlab.pruning_trial"  # on a trial of a multi-objective study: its trial in the pruning study
 
@@ -69,7 +71,9 @@ class SearchSettings:
 
 
 def settings(sweeper: Mapping[str, Any]) -> SearchSettings:
-    """Check ``hydra.sweeper``'s objectives, pruner and storage; a bad one is a ``ConfigError`` naming it."""
+    """Check ``hydra.sweeper``'s counts, objectives, pruner and storage (``cnnlab.search_checks``); a bad one is a
+    ``ConfigError`` naming it."""
+    check_counts(sweeper)
     objectives = sweeper.get("objectives") or ["val_acc"]
     if isinstance(objectives, str):
         objectives = [objectives]
@@ -95,7 +99,8 @@ def settings(sweeper: Mapping[str, Any]) -> SearchSettings:
                           f"'hydra.sweeper.pruner_args={{n_startup_trials: 4}}'.")  # fmt: skip
     args = dict(given) if pruner != "none" else {}  # none: no pruner, no arguments
     if pruner != "none":
-        check_arguments(f"hydra.sweeper.pruner={pruner}", pruner_class(pruner), args, "hydra.sweeper.pruner_args")
+        check_arguments(f"hydra.sweeper.pruner={pruner}", pruner_class(pruner), {**PRUNER_DEFAULTS.get(pruner, {}),
+                        **args}, "hydra.sweeper.pruner_args")  # fmt: skip
         if pruner in NEEDS_THE_SAMPLERS_STUDY and len(objectives) > 1:
             raise ConfigError(
                 f"hydra.sweeper.pruner={pruner} cannot prune a search of several objectives ({','.join(objectives)}): "
@@ -106,8 +111,12 @@ def settings(sweeper: Mapping[str, Any]) -> SearchSettings:
                 f"hydra.sweeper.pruner={pruner} needs hydra.sweeper.storage (the jobs report to their trial through "
                 f"it), e.g. sqlite:///${{hydra.sweep.dir}}/optuna.db."
             )
+    check_storage(sweeper.get("storage"))
     name = sweeper.get("study_name") or "cnnlab"
-    return SearchSettings(str(name), sweeper.get("storage"), objectives, pruner, args)
+    search = SearchSettings(str(name), sweeper.get("storage"), objectives, pruner, args)
+    if pruner != "none":
+        built(f"hydra.sweeper.pruner={pruner} with hydra.sweeper.pruner_args={args}", lambda: build_pruner(search))
+    return search
 
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -125,26 +134,13 @@ def pruner_class(name: str) -> type:
     return getattr(optuna.pruners, PRUNERS[name])
 
 
-def check_arguments(setting: str, cls: type, args: Mapping[str, Any], where: str) -> None:
-    """Every key of ``args`` is an argument of ``cls`` (Optuna's own classes, by their signatures)."""
-    accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
-    unknown = sorted(set(args) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"{where}: {', '.join(unknown)} is not an argument of {setting} ({cls.__name__}: {', '.join(accepted)})."
-        )
-
-
 def build_pruner(search: SearchSettings) -> optuna.pruners.BasePruner:
     """The search's pruner (a ``patient`` pruner wraps a median pruner unless ``wrapped_pruner`` is given)."""
     import optuna
 
-    args = dict(search.pruner_args)
-    if search.pruner == "patient":
-        args.setdefault("wrapped_pruner", optuna.pruners.MedianPruner())
-        args.setdefault("patience", 1)
-    if search.pruner == "threshold":
-        args.setdefault("lower", 0.0)
+    args = {**PRUNER_DEFAULTS.get(search.pruner, {}), **search.pruner_args}
+    if search.pruner == "patient" and args["wrapped_pruner"] is None:
+        args["wrapped_pruner"] = optuna.pruners.MedianPruner()
     return pruner_class(search.pruner)(**args)
 
 

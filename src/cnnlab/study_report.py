@@ -7,12 +7,15 @@ curves when the search prunes). ``cnnlab.report`` adds this section when the swe
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab import study as studies
+from cnnlab.errors import ConfigError
+from cnnlab.search_checks import check_study_file
 from cnnlab.vocab import SweepFiles
 
 if TYPE_CHECKING:
@@ -24,9 +27,15 @@ COST_LABELS = {"val_acc": "val acc", "macs": "multiply-adds per example", "param
 
 
 def study_section(root: Path, rows: list[dict[str, Any]]) -> str:
-    """The report's section on the study (or studies) in ``root/optuna.db``; '' when there is none."""
+    """The report's section on the study (or studies) in ``root/optuna.db``; '' when there is none, and a line saying
+    it is missing (the file named, one warning) when it cannot be read: the runs' tables are written all the same."""
     if not (root / SweepFiles.STUDY).is_file():
         return ""
+    try:
+        check_study_file(root / SweepFiles.STUDY)
+    except ConfigError as err:
+        print(f"cnnlab: warning: the report has no study part: {err}", file=sys.stderr)
+        return f"## Study\n\nThe study part is missing: {err}\n"
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -40,6 +49,22 @@ def study_section(root: Path, rows: list[dict[str, Any]]) -> str:
         pruning = optuna.load_study(study_name=beside, storage=storage) if beside in every else study
         parts.append(one_study(root, study, pruning, rows, prefix="" if len(names) == 1 else f"{name}-"))
     return "\n".join(parts)
+
+
+def failed_trials(path: Path) -> list[int]:
+    """The numbers of the failed trials of the searches in ``path`` (none when it cannot be read)."""
+    try:
+        check_study_file(path)
+    except ConfigError:
+        return []
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = studies.open_storage(f"sqlite:///{path}")
+    names = [n for n in optuna.get_all_study_names(storage) if not n.endswith(studies.PRUNING_STUDY)]
+    return [t.number for name in names for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+            deepcopy=False, states=(TrialState.FAIL,))]  # fmt: skip
 
 
 def one_study(root: Path, study: optuna.Study, pruning: optuna.Study, rows: list[dict[str, Any]], prefix: str) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -31,8 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from cnnlab import study as studies
-from cnnlab.errors import ConfigError
+from cnnlab.config import CONF_DIR
+from cnnlab.errors import ConfigError, refuse
 from cnnlab.rundir import RunRecord, read_record
+from cnnlab.search_checks import built, check_arguments, check_space
 from cnnlab.vocab import FINISHED, Status, SweepFiles
 
 log = logging.getLogger("cnnlab.sweeper")
@@ -40,11 +41,15 @@ log = logging.getLogger("cnnlab.sweeper")
 class Search:
     """One search: its study (and the pruning study beside a multi-objective one), space, sampler and launcher."""
 
-    def __init__(self, sweeper: DictConfig, config: DictConfig, launcher: Any, arguments: Sequence[str]) -> None:
+    def __init__(self, sweeper: DictConfig, config: DictConfig, launcher: Any, arguments: Sequence[str],
+                 config_loader: Any = None) -> None:  # fmt: skip
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # cnnlab's log says what happens to each trial
         self.settings = studies.settings(sweeper)
         params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
         self.space, self.fixed = studies.search_space([*params, *arguments])  # a later override of a key wins
+        if config_loader is not None:  # every value of the space against the config's schema, before any trial
+            check_space(self.space, self.fixed, lambda group: config_loader.get_group_options(group), CONF_DIR,
+                        lambda overrides: config_loader.load_sweep_config(config, overrides))  # fmt: skip
         self.sampler, grid_size = build_sampler(sweeper.get("sampler") or {}, self.space)
         self.n_trials = min(int(sweeper.n_trials), grid_size or int(sweeper.n_trials))
         self.launcher = launcher
@@ -194,13 +199,24 @@ def build_sampler(cfg: Any, space: dict[str, Any]) -> tuple[optuna.samplers.Base
         raise ConfigError(f"hydra.sweeper.sampler._target_={target}: one of optuna.samplers' classes is wanted "
                           f"(hydra/sweeper/sampler=tpe, random, grid or nsgaii).")  # fmt: skip
     args = {k: v for k, v in spec.items() if not k.startswith("_")}
-    studies.check_arguments(f"the sampler {target}", sampler_cls, args, "hydra.sweeper.sampler")
+    setting = f"the sampler {target}"
     if sampler_cls is optuna.samplers.GridSampler:
         grid = studies.grid_choices(space)
-        return optuna.samplers.GridSampler(grid, **args), math.prod(len(v) for v in grid.values())
+        check_arguments(setting, sampler_cls, {"search_space": grid, **args}, "hydra.sweeper.sampler")
+        return built(setting, lambda: AskAndTellGrid(grid, **args)), math.prod(map(len, grid.values()))
+    check_arguments(setting, sampler_cls, args, "hydra.sweeper.sampler")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate, constant_liar
-        return instantiate({"_target_": target, **args}), None
+        return built(setting, lambda: instantiate({"_target_": target, **args})), None
+
+
+class AskAndTellGrid(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, told its trials by ask-and-tell: when the grid is done it stops the study, which works
+    only inside ``study.optimize`` (``study.stop`` raises otherwise: the search crashed at its last trial). The search
+    asks for no more trials than the grid has points, so there is nothing to stop."""
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        return None
 
 
 def job_record(result: JobReturn | None) -> RunRecord | None:
@@ -213,11 +229,11 @@ def job_record(result: JobReturn | None) -> RunRecord | None:
         return None
 
 
-def sweep(sweeper: DictConfig, config: DictConfig, launcher: Any, arguments: Sequence[str]) -> None:
+def sweep(sweeper: DictConfig, config: DictConfig, launcher: Any, arguments: Sequence[str],
+          config_loader: Any = None) -> None:  # fmt: skip
     """Run the search; a bad setting is one ``cnnlab: error:`` line, exit status 2, before any trial runs."""
     try:
-        search = Search(sweeper, config, launcher, arguments)
+        search = Search(sweeper, config, launcher, arguments, config_loader)
     except ConfigError as err:
-        print(f"cnnlab: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse(str(err))
     search.run()

@@ -90,6 +90,13 @@ def check_training_switches(cfg: DictConfig) -> None:
         raise ConfigError(
             f"scheduler.warmup_epochs={warmup} must be >= 0 and shorter than the run (trainer.max_epochs={max_epochs})."
         )
+    spans_the_run = [k for k in ("total_steps", "T_max") if k in scheduler and scheduler[k] is None]
+    if spans_the_run and max_epochs in (None, -1) and cfg.trainer.get("max_steps") in (None, -1):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} sets no end, and the scheduler spans the run "
+            f"(scheduler.{spans_the_run[0]}=null); give trainer.max_epochs (or trainer.max_steps), or "
+            f"scheduler.{spans_the_run[0]}=<steps>."
+        )
     if warmup and str(scheduler.get("_target_", "")).endswith(".OneCycleLR"):
         raise ConfigError(
             f"scheduler.warmup_epochs={warmup} with scheduler=onecycle would warm up twice (a linear warm-up that ends "

@@ -14,7 +14,6 @@ Hydra's launchers made to survive: GPUs shared by joblib jobs, quiet SLURM polli
 
 import functools
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ class OptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.config_loader = hydra_context.config_loader  # to check the search space before any trial
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -50,7 +50,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from cnnlab.sweeper import sweep  # optuna: imported when a search runs, not at Hydra's plugin scan
 
-        sweep(self.config.hydra.sweeper, self.config, self.launcher, arguments)
+        sweep(self.config.hydra.sweeper, self.config, self.launcher, arguments, self.config_loader)
 
 
 @dataclass
@@ -59,6 +59,9 @@ class OptunaSweeperConf:
     grid, nsgaii)."""
 
     _target_: str = f"{OptunaSweeper.__module__}.{OptunaSweeper.__qualname__}"
+    # Hydra would build the nested sampler (its _target_) before the sweeper sees it, and Optuna's grid sampler
+    # cannot be built without the search space: cnnlab.sweeper.build_sampler builds it from this node.
+    _recursive_: bool = False
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}])
     sampler: Any = MISSING
     direction: str = "maximize"  # of the validation accuracy, the first objective
@@ -131,9 +134,10 @@ class JoblibLauncher(HydraJoblibLauncher):
 
     def __init__(self, jobs_per_gpu: int = 1, **joblib_kwargs: Any) -> None:
         if not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
-            print(f"cnnlab: error: hydra.launcher.jobs_per_gpu={jobs_per_gpu!r} must be an integer >= 1 (the jobs "
-                  f"that share one GPU; 1: a GPU per job).", file=sys.stderr)  # fmt: skip
-            raise SystemExit(2)
+            from cnnlab.errors import refuse
+
+            refuse(f"hydra.launcher.jobs_per_gpu={jobs_per_gpu!r} must be an integer >= 1 (the jobs that share one "
+                   f"GPU; 1: a GPU per job).")
         self.jobs_per_gpu = jobs_per_gpu
         super().__init__(**joblib_kwargs)
 
