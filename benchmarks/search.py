@@ -48,7 +48,7 @@ class BatchedSearch(cnnlab_sweeper.Search):  # enqueued (waiting) trials are ask
                 for _, future in futures:  # the batch's slowest trial decides when the next batch starts
                     future.result()
                 for number, future in futures:
-                    self.tell(number, future)
+                    self.tell(number, self.came_back(number, future.result))
                 left -= len(batch)
 
 

@@ -45,3 +45,14 @@ def test_run_dir_is_under_the_log_root_and_named_for_model_and_data(tiny_cfg):
 def test_model_size_follows_the_data_config(tiny_cfg):
     cfg = tiny_cfg("data.num_classes=10", "data.image_size=32")
     assert instantiate(cfg.model).image_size == 32
+
+
+def test_the_configs_name_the_metric_and_the_study_file_as_cnnlab_does(tmp_path):
+    """The YAML files cannot import cnnlab.vocab: they name its words, and this test holds them to it."""
+    from cnnlab.vocab import SweepFiles, Tag
+
+    cfg = compose_config([], tmp_path)
+    assert cfg.callbacks.model_checkpoint.monitor == Tag.VAL_ACC  # the best checkpoint follows the selection metric
+    for search in ("optuna", "search"):
+        storage = compose_config([f"sweep={search}"], tmp_path).hydra.sweeper.storage
+        assert storage.endswith(f"/{SweepFiles.STUDY}"), storage

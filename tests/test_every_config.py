@@ -20,7 +20,7 @@ import yaml
 
 from cnnlab.config import CONF_DIR
 from cnnlab.vocab import RunFiles, Status
-from conftest import run_cli
+from conftest import TINY_OVERRIDES, run_cli
 from test_sweeps import grid_jobs
 
 # The groups the issue names; every folder of conf/ with choices is run (a new group is run without a change here).
@@ -37,13 +37,7 @@ ONE_STEP = [
     "trainer.limit_train_batches=1",
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-    "data.val_size=20",
-    "data.batch_size=16",
-    "data.verify_md5=false",
-    "data.download=false",
-    "data.system_dir=/nonexistent",
+    *(o for o in TINY_OVERRIDES if not o.startswith("trainer=")),  # the trainer group is one of those run
 ]
 NO_IMAGES = [f"callbacks.{name}=null" for name in IMAGES]  # their own tests run them; callbacks=default here runs them
 
@@ -94,7 +88,8 @@ def test_every_choice_of_a_group_takes_a_training_step(group, tmp_path, tiny_dat
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="trainer=gpu and trainer=ddp need a CUDA GPU (none here)")
 @pytest.mark.parametrize("choice", sorted(c for g, c in NEEDS_A_GPU))
 def test_the_gpu_trainers_take_a_training_step(choice, tmp_path, tiny_data_dir):
-    run_multirun(tmp_path, tiny_data_dir, f"trainer={choice}", *ONE_STEP, *NO_IMAGES)
+    _, (record,) = run_multirun(tmp_path, tiny_data_dir, f"trainer={choice}", *ONE_STEP, *NO_IMAGES)
+    assert record["status"] == Status.OK and record["test_acc"] is not None
 
 
 def sweep_run_overrides(name: str) -> list[str]:

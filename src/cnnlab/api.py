@@ -183,6 +183,7 @@ class LiveCurves:
         self.live = in_jupyter() if live is None else live
         self.epochs = 0
         self.handle: Any = None
+        self.events_size = 0  # the run's event files read when they had grown to this size
 
     def __call__(self, line: str, results: dict[str, Any]) -> None:
         if not self.live:
@@ -190,7 +191,12 @@ class LiveCurves:
             return
         if "run_dir" not in results:
             return
-        curves = epoch_curves(Path(results["run_dir"]), (Tag.TRAIN_LOSS_EPOCH, Tag.TRAIN_ACC, Tag.VAL_ACC))
+        run_dir = Path(results["run_dir"])
+        size = sum(p.stat().st_size for p in run_dir.glob(RunFiles.EVENTS))
+        if size == self.events_size:  # nothing new logged since the last look: no reading
+            return
+        self.events_size = size
+        curves = epoch_curves(run_dir, (Tag.TRAIN_LOSS_EPOCH, Tag.TRAIN_ACC, Tag.VAL_ACC))
         epochs = max((max(values) for values in curves.values() if values), default=0)
         if epochs > self.epochs:
             self.epochs = epochs

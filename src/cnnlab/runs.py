@@ -234,14 +234,18 @@ def configuration_names(items: list[dict[str, Any]]) -> list[str]:
     differ = [k for k in keys if len({repr(d.get(k)) for d in identities}) > 1]
     shown_groups = []
     for group in NAMED_BY_CHOICE:
-        inside = [k for k in differ if k.startswith(group + ".")]
         choices = [items[i]["choices"].get(group) for i in named]
-        decided = all(choices) and all(len({repr(identities[a].get(k)) for a in range(len(named)) if
-                                            choices[a] == choice}) == 1 for choice in set(choices) for k in inside)
-        if inside and decided:
-            differ = [k for k in differ if k not in inside]
-            if group != "model" and len(set(choices)) > 1:
-                shown_groups.append(group)
+        if not all(choices):
+            continue
+
+        def decided(key: str, choices: list[str | None] = choices) -> bool:  # the same value wherever the choice is
+            return all(len({repr(d.get(key)) for d, c in zip(identities, choices, strict=True) if c == choice}) == 1
+                       for choice in set(choices))  # fmt: skip
+
+        said = [k for k in differ if k.startswith(group + ".") and decided(k)]
+        differ = [k for k in differ if k not in said]
+        if group != "model" and len(set(choices)) > 1:  # the model's choice has a column of its own
+            shown_groups.append(group)
     for position, i in enumerate(named):
         parts = [f"{g}={items[i]['choices'][g]}" for g in shown_groups]
         parts += [f"{k}={setting_text(identities[position].get(k))}" for k in differ]
