@@ -30,7 +30,13 @@ GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not 
                 and any(p.glob("*.yaml")))  # fmt: skip
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
 NEEDS_A_GPU = {("trainer", "gpu"), ("trainer", "ddp")}
+# Groups whose every choice is a job of a sweep file run below, in the setting it is made for (the ablation's steps
+# over experiment=fashion_frontier, the models with the chapter's learning rates): not run twice (asserted).
+RUN_BY_A_SWEEP = {"model": "chapter6", "ablation": "frontier"}
+# Choices another test runs through the entry point for real: not run twice.
+RUN_ELSEWHERE = {("trainer", "ddp_cpu"): "tests/test_ddp.py: two gloo ranks, a run, its resume and a sweep"}
 IMAGES = ("activation_images", "kernel_images", "confusion_matrix", "misclassified_images", "model_graph")
+CHECKPOINTS = ("model_checkpoint", "last_checkpoint", "step_checkpoint")
 # One batch of each split, tiny data. A group's own choices set their keys first; these come last on the command line.
 ONE_STEP = [
     "trainer.max_epochs=1",
@@ -39,7 +45,8 @@ ONE_STEP = [
     "trainer.limit_test_batches=1",
     *(o for o in TINY_OVERRIDES if not o.startswith("trainer=")),  # the trainer group is one of those run
 ]
-NO_IMAGES = [f"callbacks.{name}=null" for name in IMAGES]  # their own tests run them; callbacks=default here runs them
+# Their own tests run them; callbacks=default runs them here (the callbacks group): elsewhere they only take time.
+LIGHT = [f"callbacks.{name}=null" for name in (*IMAGES, *CHECKPOINTS)]
 
 
 def choices(group: str) -> list[str]:
@@ -69,26 +76,32 @@ def job_overrides(sweep_dir: Path) -> list[list[str]]:
 
 def test_every_named_group_is_run():
     assert NAMED_GROUPS <= set(GROUPS), NAMED_GROUPS - set(GROUPS)
+    for group, sweep in RUN_BY_A_SWEEP.items():  # each choice is a job of the sweep file that runs it
+        params = yaml.safe_load((CONF_DIR / "sweep" / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]
+        assert set(str(params[group]).split(",")) == set(choices(group)), (group, sweep)
+    from test_ddp import DDP_OVERRIDES
+
+    assert "trainer=ddp_cpu" in DDP_OVERRIDES  # RUN_ELSEWHERE
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("group", [g for g in GROUPS if g not in RUN_BY_A_SWEEP])
 def test_every_choice_of_a_group_takes_a_training_step(group, tmp_path, tiny_data_dir):
-    runnable = [c for c in choices(group) if (group, c) not in NEEDS_A_GPU]
-    extra = [] if group == "callbacks" else NO_IMAGES  # callbacks=default: every image callback, for real
+    runnable = [c for c in choices(group) if (group, c) not in NEEDS_A_GPU and (group, c) not in RUN_ELSEWHERE]
+    extra = [] if group == "callbacks" else LIGHT  # callbacks=default: every image callback, for real
     sweep_dir, records = run_multirun(tmp_path, tiny_data_dir, f"{group}={','.join(runnable)}", *ONE_STEP, *extra)
     assert len(records) == len(runnable)  # a job per choice, each with its record
     ran = [next(o.split("=", 1)[1] for o in job if o.startswith(f"{group}=")) for job in job_overrides(sweep_dir)]
     assert ran == runnable
     assert all(r["fingerprint"] and r["identity"] for r in records)
-    if group in ("model", "optimizer", "scheduler", "experiment"):  # each choice is another experiment
+    if group in ("optimizer", "scheduler", "experiment"):  # each choice is another experiment
         assert len({r["fingerprint"] for r in records}) == len(runnable), [r["fingerprint"] for r in records]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="trainer=gpu and trainer=ddp need a CUDA GPU (none here)")
 @pytest.mark.parametrize("choice", sorted(c for g, c in NEEDS_A_GPU))
 def test_the_gpu_trainers_take_a_training_step(choice, tmp_path, tiny_data_dir):
-    _, (record,) = run_multirun(tmp_path, tiny_data_dir, f"trainer={choice}", *ONE_STEP, *NO_IMAGES)
+    _, (record,) = run_multirun(tmp_path, tiny_data_dir, f"trainer={choice}", *ONE_STEP, *LIGHT)
     assert record["status"] == Status.OK and record["test_acc"] is not None
 
 
@@ -109,12 +122,16 @@ def test_every_job_of_a_sweep_file_takes_a_training_step(name, tmp_path, tiny_da
     sweep_file = yaml.safe_load((CONF_DIR / "sweep" / f"{name}.yaml").read_text())
     params = sweep_file["hydra"]["sweeper"]["params"]
     step = [o for o in ONE_STEP if o.split("=", 1)[0] not in params]  # a key the sweep varies keeps its values
+    if "trainer.max_epochs" in params:  # each job keeps its epochs, and stops after its first step all the same
+        step.append("trainer.max_steps=1")
     sweep_dir, records = run_multirun(tmp_path, tiny_data_dir, f"sweep={name}", *sweep_run_overrides(name), *step,
-                                      *NO_IMAGES)  # fmt: skip
+                                      *LIGHT)  # fmt: skip
     if "n_trials" in str(sweep_run_overrides(name)):
         assert len(records) == 2
         return
     jobs = grid_jobs({k: str(v) for k, v in params.items()})
+    if name == "chapter6":  # every model, each another experiment
+        assert len({r["fingerprint"] for r in records}) == len(records)
     if name == "frontier":  # the file's grid is every step x seeds 1, 2, 3: here every step, seed 1
         steps = {tuple(sorted(o for o in job if o.split("=", 1)[0] in params and not o.startswith("seed=")))
                  for job in job_overrides(sweep_dir)}  # fmt: skip

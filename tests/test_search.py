@@ -222,19 +222,6 @@ def test_a_misspelt_key_of_a_sweep_file_or_a_storage_under_a_file_is_one_line(tm
     assert not list((tmp_path / "logs").rglob("metrics.json"))
 
 
-@pytest.mark.slow
-def test_the_grid_sampler_runs_from_the_command_line(tmp_path, tiny_data_dir):
-    """Hydra built the sampler node before the sweeper saw it, and Optuna's grid sampler cannot be built without its
-    search space: every grid search failed. Now it runs each point of the grid once, and no more."""
-    result, sweep_dir = search(tmp_path, tiny_data_dir, "hydra/sweeper/sampler=grid", "optimizer.lr=choice(0.05,0.1)",
-                               "model.pool=choice(avg,max)")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    trials = load(sweep_dir).trials
-    assert sorted((t.params["optimizer.lr"], t.params["model.pool"]) for t in trials) == [
-        (0.05, "avg"), (0.05, "max"), (0.1, "avg"), (0.1, "max")]  # fmt: skip
-    assert all(t.state == TrialState.COMPLETE for t in trials)
-
-
 def test_a_pruned_record_is_a_finished_job(tmp_path):
     from cnnlab.rundir import RunRecord, job_state, write_record
     from cnnlab.vocab import Status
