@@ -214,9 +214,10 @@ def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def legacy_runs(rows: list[dict[str, Any]]) -> int:
-    """How many runs (with a record) have no fingerprint: written before runs had one."""
-    return sum(1 for r in rows if not r.get("fingerprint") and r["status"] not in (Status.INCOMPLETE,
-                                                                                     Status.UNREADABLE))  # fmt: skip
+    """How many runs that ran have no fingerprint: written before runs had one. (A failed job whose config could not
+    even be resolved has none either: not counted.)"""
+    return sum(1 for r in rows if not r.get("fingerprint") and r["status"] in (Status.OK, Status.PRUNED,
+                                                                                 Status.INTERRUPTED))  # fmt: skip
 
 
 def configuration_names(items: list[dict[str, Any]]) -> list[str]:
