@@ -88,6 +88,7 @@ def run_as_main(module: str, args: list[str], cwd: str, env: dict[str, str], out
         sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         os.chdir(cwd)
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: a module in the working directory imports
         os.environ.clear()
         os.environ.update(env)
         if env.get("OMP_NUM_THREADS", "").isdigit():  # read when torch loads: in the server, before this env

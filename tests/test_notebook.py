@@ -98,3 +98,34 @@ def test_the_chapter_notebook_runs_on_tiny_data(tmp_path, tiny_data_dir, monkeyp
     assert drawn and drawn[0]["output_type"] == "display_data", training.outputs  # the curves, redrawn in place
     printed = "".join(out.get("text", "") for out in training.outputs if out["output_type"] == "stream")
     assert "epoch 1/" not in printed, printed  # the curves take the epoch lines' place
+
+
+def test_inspect_takes_a_config_folder_of_your_own(tmp_path, monkeypatch):
+    """examples/own_network from the API: its network's walk, from the notebook's working directory."""
+    import shutil
+
+    shutil.copytree(NOTEBOOK.parents[1] / "examples" / "own_network", tmp_path / "own")
+    monkeypatch.chdir(tmp_path / "own")
+    walk = api.inspect("model=residual_lenet", config_dir="conf")
+    assert list(walk.index) == ["stem", "block", "pool", "head"] and walk["params"].sum() == 100_514
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_notebooks_first_cell_installs_cnnlab_only_where_it_is_missing(installed, monkeypatch):
+    """A fresh hosted notebook has no cnnlab: the setup cell pip-installs CNNLAB_SOURCE; elsewhere it does nothing."""
+    import importlib.util
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    (setup,) = [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.source.startswith("# Setup")]
+    code = TransformerManager().transform_cell(setup.source)  # %pip as IPython runs it
+    magics, namespace = [], {}
+    record = lambda self, name, line: magics.append((name, line.format(**namespace)))  # noqa: E731
+    shell = type("Shell", (), {"run_line_magic": record})
+    namespace["get_ipython"] = shell  # IPython expands {name} in a magic's line from the cell's variables
+    source = "/wheels/cnnlab-0.1.0-py3-none-any.whl"
+    monkeypatch.setenv("CNNLAB_SOURCE", source)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: find_spec(name) if installed else None)
+    exec(code, namespace)
+    assert magics == ([] if installed else [("pip", f"install -q {source}")])

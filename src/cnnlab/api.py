@@ -214,18 +214,25 @@ class LiveCurves:
         plt.close(fig)
 
 
-def train(*overrides: str, live: bool | None = None) -> Run:
-    """``python -m cnnlab.train *overrides``; the finished run (``live``: draw its curves; None: only in Jupyter)."""
+def config_dir_args(config_dir: str | Path | None) -> list[str]:
+    """``--config-dir <folder>``: your own configs (``model=mynet`` in ``<folder>/model/mynet.yaml``), or nothing."""
+    return [] if config_dir is None else ["--config-dir", str(Path(config_dir).expanduser())]
+
+
+def train(*overrides: str, live: bool | None = None, config_dir: str | Path | None = None) -> Run:
+    """``python -m cnnlab.train *overrides``; the finished run (``live``: draw its curves; None: only in Jupyter;
+    ``config_dir``: a folder of your own configs, ``--config-dir``)."""
+    overrides = (*config_dir_args(config_dir), *overrides)
     results = run_command("cnnlab.train", list(overrides), LiveCurves(live))
     if "run_dir" not in results:
         raise CnnlabError(f"python -m cnnlab.train {' '.join(overrides)} ended without a run dir.")
     return Run.load(Path(results["run_dir"]))
 
 
-def sweep(*overrides: str, launcher: str | None = None) -> Sweep:
-    """``python -m cnnlab.train -m *overrides`` (``launcher``: ``joblib``, ``slurm``, ...; None: as configured);
-    the sweep's report as DataFrames."""
-    args = ["-m", *overrides, *([f"hydra/launcher={launcher}"] if launcher else [])]
+def sweep(*overrides: str, launcher: str | None = None, config_dir: str | Path | None = None) -> Sweep:
+    """``python -m cnnlab.train -m *overrides`` (``launcher``: ``joblib``, ``slurm``, ...; None: as configured;
+    ``config_dir``: as in ``train``); the sweep's report as DataFrames."""
+    args = [*config_dir_args(config_dir), "-m", *overrides, *([f"hydra/launcher={launcher}"] if launcher else [])]
     results = run_command("cnnlab.train", args, lambda line, _: print(line, flush=True))
     if "sweep_dir" not in results:
         raise CnnlabError(f"python -m cnnlab.train {' '.join(args)} ended without a sweep dir.")
@@ -242,11 +249,13 @@ def load(path: str | Path) -> Run | Sweep:
     raise CnnlabError(f"{path} is neither a run dir (no {RunFiles.METRICS}) nor a sweep dir (no {SweepFiles.RECORD}).")
 
 
-def inspect(*overrides: str) -> Any:
-    """``python -m cnnlab.inspect *overrides`` as a DataFrame: each layer's output shape, parameters, multiply-adds."""
+def inspect(*overrides: str, config_dir: str | Path | None = None) -> Any:
+    """``python -m cnnlab.inspect *overrides`` as a DataFrame: each layer's output shape, parameters, multiply-adds
+    (``config_dir``: as in ``train``)."""
     import pandas as pd
 
-    walk = run_command("cnnlab.inspect", list(overrides), lambda line, _: None).get("walk", [])
+    args = [*config_dir_args(config_dir), *overrides]
+    walk = run_command("cnnlab.inspect", args, lambda line, _: None).get("walk", [])
     frame = pd.DataFrame([{"layer": row["name"], "type": row["kind"], "output shape": str(list(row["shape"])),
                            "params": row["params"], "mult-adds": row["mult_adds"]} for row in walk])  # fmt: skip
     return frame.set_index("layer")

@@ -149,7 +149,9 @@ class ActivationImages(TestSetImages):
         known = dict(net.named_modules())
         layers = [name for name in self.layers if name in known]
         if len(layers) < len(self.layers):
-            rank_zero_warn(f"ActivationImages: no layer {sorted(set(self.layers) - set(layers))} in the model.")
+            rank_zero_warn(f"ActivationImages: no layer {sorted(set(self.layers) - set(layers))} in the model; name "
+                           f"its layers in callbacks.activation_images.layers (cnnlab inspect lists them), or turn the "
+                           f"images off: callbacks.activation_images=null.")  # fmt: skip
         for class_index in self.class_indices:
             found = (labels == class_index).nonzero().flatten()
             if len(found) == 0:
@@ -179,7 +181,8 @@ class KernelImages(Callback):
             return
         conv = dict(pl_module.net.named_modules()).get(self.layer)
         if not isinstance(conv, nn.Conv2d):
-            rank_zero_warn(f"KernelImages: the model has no Conv2d layer named {self.layer!r}.")
+            rank_zero_warn(f"KernelImages: the model has no Conv2d layer named {self.layer!r}; name one in "
+                           f"callbacks.kernel_images.layer, or turn the images off: callbacks.kernel_images=null.")
             return
         writer.add_image(f"kernels/{self.layer}", kernel_grid(conv.weight, self.scale), trainer.global_step)
 

@@ -7,17 +7,18 @@ parameters and multiply-adds, then the totals. Takes the same overrides as ``cnn
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cnnlab.config import CONF_DIR, as_dict
+from cnnlab.config import CONF_DIR, as_dict, check_config_dirs, input_shape
 from cnnlab.environment import tell_the_api
 from cnnlab.errors import exit_on_user_error
 from cnnlab.models.walk import LayerRow, layer_rows
+from cnnlab.validate import checked_network
 
 
 def format_walk(rows: Sequence[LayerRow], title: str) -> str:
@@ -45,10 +46,10 @@ def format_walk(rows: Sequence[LayerRow], title: str) -> str:
 
 def model_walk(cfg: DictConfig) -> tuple[list[LayerRow], str]:
     """Build ``cfg.model`` (no data needed): its layer walk for one example of ``cfg.data``'s size, and a title."""
-    net = instantiate(as_dict(cfg.model))
-    input_shape = (cfg.data.in_channels, cfg.data.image_size, cfg.data.image_size)
+    net = checked_network(as_dict(cfg.model), cfg.data)  # any nn.Module; one line when it cannot be built or run
+    shape = input_shape(cfg.data)
     choice = HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
-    return layer_rows(net, input_shape), f"model: {choice or cfg.model._target_}, input {[1, *input_shape]}"
+    return layer_rows(net, shape), f"model: {choice or cfg.model._target_}, input {[1, *shape]}"
 
 
 def inspect_model(cfg: DictConfig) -> str:
@@ -67,5 +68,12 @@ def main(cfg: DictConfig) -> None:
         tell_the_api(walk=[dataclasses.asdict(row) for row in rows])
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m cnnlab.inspect``: a ``--config-dir`` that is not a folder is one line; then compose and walk."""
+    with exit_on_user_error():
+        check_config_dirs(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

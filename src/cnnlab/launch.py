@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, open_dict, read_write
 
+from cnnlab.config import config_flags
 from cnnlab.environment import PRUNED_TRIAL
 
 log = logging.getLogger("cnnlab.launch")
@@ -108,7 +109,8 @@ def ddp_ranks_start_as_this_job(overrides: list[str], run_dir: Path, ckpt_path: 
     (``_hydra_subprocess_cmd``); it has no other way in. So, for as long as the job runs:
 
     - ``sys.argv`` is this job's overrides (in a multirun it is the whole sweep: hydra #2070), with ``ckpt_path`` the
-      checkpoint rank 0 resolved (``ckpt_path=last`` resolved again in a rank could pick another run);
+      checkpoint rank 0 resolved (``ckpt_path=last`` resolved again in a rank could pick another run), after the
+      command's own ``--config-dir`` (a user's configs);
     - HydraConfig's ``run.dir`` is the job's run dir (a sweep job's, or the run a resumed single run writes into);
     - ``CNNLAB_PRUNED_TRIAL=1`` tells the ranks of a pruned search's trial to take part in each pruning decision.
 
@@ -120,7 +122,7 @@ def ddp_ranks_start_as_this_job(overrides: list[str], run_dir: Path, ckpt_path: 
 
     saved_argv, saved_env = sys.argv[:], dict(os.environ)
     kept = [o for o in overrides if not o.startswith("ckpt_path=")]
-    sys.argv = [sys.argv[0], *kept, *([f"ckpt_path={ckpt_path}"] if ckpt_path else [])]
+    sys.argv = [sys.argv[0], *config_flags(saved_argv[1:]), *kept, *([f"ckpt_path={ckpt_path}"] if ckpt_path else [])]
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     saved_run_dir = hydra_cfg.run.dir if hydra_cfg is not None else None
     if hydra_cfg is not None:

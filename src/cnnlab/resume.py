@@ -185,7 +185,9 @@ def resume_command(sweep_dir: Path, extra: list[str]) -> tuple[list[str], Path]:
     extra_keys = {override_key(o) for o in extra}
     kept_hydra = [o for o in recorded_hydra if override_key(o) not in {"hydra.mode", "hydra.sweep.dir", *extra_keys}]
     task = [o for o in recorded_task if override_key(o) not in extra_keys]
-    command = ["-m", *task, *kept_hydra, f"hydra.sweep.dir={sweep_dir.resolve()}", *extra]
+    sources = OmegaConf.select(hydra, "runtime.config_sources", default=[])  # a user's --config-dir: "command-line"
+    config_dirs = [f"--config-dir={s.path}" for s in sources if s.get("provider") == "command-line"]
+    command = [*config_dirs, "-m", *task, *kept_hydra, f"hydra.sweep.dir={sweep_dir.resolve()}", *extra]
     cwd = Path(str(OmegaConf.select(hydra, "runtime.cwd", default=".")))
     return command, cwd if cwd.is_dir() else Path.cwd()
 

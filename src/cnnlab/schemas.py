@@ -203,6 +203,19 @@ def schema_of_choice(conf_dir: Path, group: str, choice: str) -> str | None:
     return named[0].removeprefix("/schema/").split("@")[0] if named else None
 
 
+def users_choice(group: str, parsed: list[Any], conf_dir: Path | None) -> bool:
+    """Whether ``group`` is chosen on the command line with a config cnnlab does not ship (a ``--config-dir``'s,
+    ``model=mynet``): its keys are that config's, for Hydra to check when it composes."""
+    chosen = [o for o in parsed if o.key_or_group == group]
+    if not chosen or conf_dir is None:
+        return False
+    try:
+        values = list(chosen[-1].sweep_iterator()) if chosen[-1].is_sweep_override() else [chosen[-1].value()]
+    except Exception:  # an Optuna choice over group options: its values are checked when jobs compose
+        return False
+    return any(not (conf_dir / group / f"{value}.yaml").is_file() for value in values)
+
+
 def chosen_schemas(group: str, parsed: list[Any], conf_dir: Path | None) -> tuple[tuple[str, ...], str | None]:
     """The schemas an ``optimizer.*``/``scheduler.*`` key is checked against, and the choice when it is known: the
     one chosen on the command line, else the defaults list's unless a composite group may change it."""
@@ -244,6 +257,8 @@ def check_overrides(overrides: list[str], conf_dir: Path | None = None, nullable
         key = override.key_or_group
         group, _, field = key.partition(".") if "." in key else ("", "", key)
         if group not in SCHEMAS_OF_GROUP or "." in field or "/" in key or override.is_add() or override.is_delete():
+            continue
+        if users_choice(group, parsed, conf_dir):
             continue
         names, choice = chosen_schemas(group, parsed, conf_dir)
         known = [_annotations(name) for name in names]

@@ -14,8 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cnnlab.config import as_dict
-from cnnlab.errors import ConfigError
+from cnnlab.config import as_dict, input_shape
+from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.schemas import check_run_settings
 from cnnlab.shapes import plan_layers
 
@@ -53,11 +53,70 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def validate_for_the_run(cfg: DictConfig) -> None:
-    """The checks that need torch, at the start of a run (after ``validate_config``): the GPU a trainer asks for, the
-    checkpoint to resume."""
+    """The checks that need torch, at the start of a run (after ``validate_config``), before any data is read: a
+    network of your own (a LeNet spec is its planner's), the GPU a trainer asks for, the checkpoint to resume."""
+    model = as_dict(cfg.model)
+    if "conv_channels" not in model:
+        checked_network(model, cfg.data)
     check_accelerator(cfg)
     if cfg.get("ckpt_path"):
         check_checkpoint(Path(str(cfg.ckpt_path)).expanduser(), as_dict(cfg.model))
+
+
+def checked_network(model: dict[str, Any], data: Any) -> Any:
+    """The network of the model config ``model``, built, after a batch of two blank images of the data's shape went
+    through it. A class that cannot be imported or built, or whose output is not ``data.num_classes`` logits per
+    image, is one ``ConfigError`` naming the class and the reason."""
+    import torch
+    from hydra.utils import get_object, instantiate
+
+    target = str(model.get("_target_", ""))
+    try:
+        get_object(target)
+    except Exception as err:
+        raise ConfigError(
+            f"model._target_={target} cannot be imported ({reason(err)}); put its module in the folder you run "
+            f"cnnlab from (or install the package that holds it), or correct the name."
+        ) from None
+    try:
+        net = instantiate(model)
+    except Exception as err:
+        if isinstance(err.__cause__ or err, CnnlabError):  # a LeNet spec that cannot be built says why itself
+            raise (err.__cause__ or err) from None
+        raise ConfigError(
+            f"model._target_={target} cannot be built from the model config ({reason(err)}); the config's keys are "
+            f"the arguments of {target}: python -m cnnlab.train --cfg job model=<yours> shows them."
+        ) from None
+    if not isinstance(net, torch.nn.Module):
+        raise ConfigError(f"model._target_={target} makes a {type(net).__name__}, not a torch.nn.Module.")
+    shape, classes = list(input_shape(data)), int(data["num_classes"])
+    was_training = net.training
+    net.eval()  # batch norm cannot normalise blank images in training mode
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(2, *shape))
+    except Exception as err:
+        raise ConfigError(
+            f"model._target_={target} fails on a batch of 2 images of {shape} (data.in_channels, data.image_size) "
+            f"({reason(err)}); make its layers fit the data's images."
+        ) from None
+    finally:
+        net.train(was_training)
+    got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != [2, classes]:
+        raise ConfigError(
+            f"model._target_={target} returns {got} for a batch of 2 images of {shape}; a classifier of "
+            f"data.num_classes={classes} classes returns [2, {classes}] logits: end it with a layer of {classes} "
+            f"outputs."
+        )
+    return net
+
+
+def reason(err: BaseException) -> str:
+    """An exception as one line: its cause's type and message (Hydra wraps what a target raises)."""
+    cause = err.__cause__ or err
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
 def check_accelerator(cfg: DictConfig) -> None:
