@@ -110,9 +110,11 @@ def test_inspect_takes_a_config_folder_of_your_own(tmp_path, monkeypatch):
     assert list(walk.index) == ["stem", "block", "pool", "head"] and walk["params"].sum() == 100_514
 
 
-@pytest.mark.parametrize("installed", [True, False])
-def test_the_notebooks_first_cell_installs_cnnlab_only_where_it_is_missing(installed, monkeypatch):
-    """A fresh hosted notebook has no cnnlab: the setup cell pip-installs CNNLAB_SOURCE; elsewhere it does nothing."""
+@pytest.mark.parametrize(("installed", "source"), [(True, ""), (False, "/wheels/cnnlab-0.1.0-py3-none-any.whl"),
+                                                  (False, "")])  # fmt: skip
+def test_the_notebooks_first_cell_installs_cnnlab_only_where_it_is_missing(installed, source, monkeypatch):
+    """A fresh hosted notebook has no cnnlab: the setup cell pip-installs CNNLAB_SOURCE, or says to set it; where
+    cnnlab is installed it does nothing."""
     import importlib.util
 
     from IPython.core.inputtransformer2 import TransformerManager
@@ -121,11 +123,13 @@ def test_the_notebooks_first_cell_installs_cnnlab_only_where_it_is_missing(insta
     code = TransformerManager().transform_cell(setup.source)  # %pip as IPython runs it
     magics, namespace = [], {}
     record = lambda self, name, line: magics.append((name, line.format(**namespace)))  # noqa: E731
-    shell = type("Shell", (), {"run_line_magic": record})
-    namespace["get_ipython"] = shell  # IPython expands {name} in a magic's line from the cell's variables
-    source = "/wheels/cnnlab-0.1.0-py3-none-any.whl"
+    namespace["get_ipython"] = type("Shell", (), {"run_line_magic": record})  # IPython expands {name} from the cell
     monkeypatch.setenv("CNNLAB_SOURCE", source)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: find_spec(name) if installed else None)
-    exec(code, namespace)
-    assert magics == ([] if installed else [("pip", f"install -q {source}")])
+    if not installed and not source:
+        with pytest.raises(RuntimeError, match="cnnlab is not installed here: set CNNLAB_SOURCE"):
+            exec(code, namespace)
+    else:
+        exec(code, namespace)
+    assert magics == ([("pip", f"install -q {source}")] if not installed and source else [])

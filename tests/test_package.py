@@ -106,9 +106,9 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 def cnnlab(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["cnnlab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    """The installed ``cnnlab`` command (first on the environment's PATH), run in ``cwd``."""
+    return subprocess.run(["cnnlab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)  # fmt: skip
-    return proc
 
 
 def test_the_wheel_holds_every_config_and_sweep(wheel: Path) -> None:
