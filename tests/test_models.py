@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -125,3 +127,32 @@ def test_impossible_specs_name_the_layer_and_sizes(kwargs, words):
     with pytest.raises(ModelSpecError) as info:
         LeNet(**kwargs)
     assert all(word in str(info.value) for word in words), str(info.value)
+
+
+@pytest.mark.parametrize(("optimizer", "scheduler"), [("adam", "cosine"), ("adamw", "onecycle"), ("sgd", "none")])
+def test_the_optimizer_state_is_plain_data_that_loads_weights_only(optimizer, scheduler, tiny_cfg, tmp_path):
+    """Hydra hands an optimizer OmegaConf lists (Adam's betas) unless told to convert; torch 2.7 kept them in its
+    param_groups, and a run's checkpoint then refused to load with weights_only=True (the resume of an interrupted
+    search failed on the floor release). The optimizer and scheduler state must be plain data on any torch."""
+    from omegaconf import DictConfig, ListConfig
+
+    from cnnlab.run import build_module
+
+    module = build_module(tiny_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}", "trainer.max_epochs=2"))
+    module.trainer = SimpleNamespace(max_epochs=2, estimated_stepping_batches=10)  # what the schedule reads
+    configured = module.configure_optimizers()
+    if isinstance(configured, dict):
+        optim, schedulers = configured["optimizer"], [configured["lr_scheduler"]["scheduler"]]
+    else:
+        optim, schedulers = configured, []
+    state = {"optimizer": optim.state_dict(), "schedulers": [s.state_dict() for s in schedulers]}
+
+    def omegaconf_in(value):
+        if isinstance(value, ListConfig | DictConfig):
+            return True
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else []
+        return any(omegaconf_in(v) for v in items)
+
+    assert not omegaconf_in(state)
+    torch.save(state, tmp_path / "state.pt")
+    torch.load(tmp_path / "state.pt", weights_only=True)

@@ -116,7 +116,9 @@ class ClassifierModule(pl.LightningModule):
         self._evaluate(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        # _convert_="all": the optimizer holds plain lists (Adam's betas), not OmegaConf's, so that a checkpoint of its
+        # state loads with weights_only=True on every torch (2.7 keeps what it is given in its param_groups).
+        optimizer = instantiate(self.hparams.optimizer, params=self.parameters(), _convert_="all")
         sched_cfg = dict(self.hparams.scheduler or {})
         warmup_epochs = float(sched_cfg.pop("warmup_epochs", 0) or 0)
         default_interval = "step" if warmup_epochs and "_target_" not in sched_cfg else "epoch"
@@ -129,7 +131,7 @@ class ClassifierModule(pl.LightningModule):
         for key in ("total_steps", "T_max"):  # null: the rest of the run after the warm-up (OneCycleLR, cosine)
             if key in sched_cfg and sched_cfg[key] is None:
                 sched_cfg[key] = total - warmup
-        schedulers = [instantiate(sched_cfg, optimizer=optimizer)] if "_target_" in sched_cfg else []
+        schedulers = [instantiate(sched_cfg, optimizer=optimizer, _convert_="all")] if "_target_" in sched_cfg else []
         if warmup:  # linear warm-up from 1% of the learning rate, in the scheduler's own interval
             ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
             schedulers = [ramp, *schedulers]
