@@ -29,7 +29,7 @@ train: install
 test: APT_PACKAGES += chromium chromium-driver
 # Two pytest workers, a test file each at a time: one file's tests (the SLURM ones: one cluster) stay in one
 # worker, and the files with slow tests go first (tests/conftest.py orders them; --no-loadscope-reorder keeps
-# that order), so that neither worker ends alone with a long file. About 5 minutes on 2 cores (README, Tests).
+# that order), so that neither worker ends alone with a long file. About 12 minutes on 2 cores (README, Tests).
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
