@@ -67,3 +67,12 @@ def test_cli_impossible_spec_is_one_line_naming_layer_and_sizes(tmp_path):
         "cnnlab: error: conv2: kernel 15x15 is larger than its input 14x14 (padding 0); use a smaller "
         "model.kernel_sizes, more model.paddings, or fewer conv blocks."
     ]
+
+
+def test_a_misspelt_setting_is_one_line_in_inspect(tmp_path):
+    """inspect checks its overrides as train does (it printed Hydra's schema error and its stack-trace hint)."""
+    result = run_cli("cnnlab.inspect", "model.conv_channel=[6,16]", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "cnnlab: error: model.conv_channel is not a model setting; did you mean model.conv_channels, model.in_channels?"
+    ]

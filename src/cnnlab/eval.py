@@ -21,7 +21,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from cnnlab.config import CONF_DIR, as_dict, check_config_dirs
+from cnnlab.config import CONF_DIR, as_dict
 from cnnlab.errors import ConfigError, exit_on_user_error
 from cnnlab.module import ClassifierModule
 from cnnlab.rundir import add_eval, run_dir_of
@@ -149,7 +149,6 @@ def cli() -> None:
     """``python -m cnnlab.eval``: the overrides checked as ``cnnlab.train`` checks them (``tta=off`` is refused:
     true, false or null), then compose and evaluate."""
     with exit_on_user_error():
-        check_config_dirs(sys.argv[1:])
         check_overrides(sys.argv[1:], CONF_DIR, nullable=("tta",))
     main()
 

@@ -14,10 +14,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cnnlab.config import CONF_DIR, as_dict, check_config_dirs, input_shape
+from cnnlab.config import CONF_DIR, as_dict, input_shape
 from cnnlab.environment import tell_the_api
 from cnnlab.errors import exit_on_user_error
 from cnnlab.models.walk import LayerRow, layer_rows
+from cnnlab.schemas import check_overrides
 from cnnlab.validate import checked_network
 
 
@@ -69,9 +70,9 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
-    """``python -m cnnlab.inspect``: a ``--config-dir`` that is not a folder is one line; then compose and walk."""
+    """``python -m cnnlab.inspect``: the overrides checked as ``cnnlab.train`` checks them, then compose and walk."""
     with exit_on_user_error():
-        check_config_dirs(sys.argv[1:])
+        check_overrides(sys.argv[1:], CONF_DIR)
     main()
 
 

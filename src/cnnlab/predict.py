@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms.functional import pil_to_tensor, resize
 
-from cnnlab.config import CONF_DIR, check_config_dirs
+from cnnlab.config import CONF_DIR
 from cnnlab.errors import CnnlabError, ConfigError, exit_on_user_error
 from cnnlab.eval import load_classifier
 from cnnlab.idx import DATASETS
@@ -142,7 +142,6 @@ def cli() -> None:
     """``python -m cnnlab.predict``: the overrides checked as ``cnnlab.train`` checks them (``tta=off`` is refused:
     true, false or null), then compose and classify."""
     with exit_on_user_error():
-        check_config_dirs(sys.argv[1:])
         check_overrides(sys.argv[1:], CONF_DIR, nullable=("tta",))
     main()
 

@@ -138,15 +138,14 @@ class SweepExitStatus(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         completed, failed = outcome(sweep_dir)
+        names = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
         if failed and not completed:
-            print(f"cnnlab: error: no job of the sweep completed ({len(failed)} failed: {', '.join(failed[:5])}"
-                  f"{', ...' if len(failed) > 5 else ''}); their errors are in {sweep_dir / SweepFiles.REPORT} and "
-                  f"their train.log.", file=sys.stderr)  # fmt: skip
+            print(f"cnnlab: error: no job of the sweep completed ({len(failed)} failed: {names}); their errors are in "
+                  f"{sweep_dir / SweepFiles.REPORT} and their train.log.", file=sys.stderr)  # fmt: skip
             raise SystemExit(EXIT_NO_JOB_COMPLETED)
         if failed:
-            print(f"cnnlab: {len(failed)} of {len(failed) + completed} jobs failed ({', '.join(failed[:5])}"
-                  f"{', ...' if len(failed) > 5 else ''}): exit status {EXIT_JOBS_FAILED}; errors in "
-                  f"{sweep_dir / SweepFiles.REPORT}.", file=sys.stderr)  # fmt: skip
+            print(f"cnnlab: {len(failed)} of {len(failed) + completed} jobs failed ({names}): exit status "
+                  f"{EXIT_JOBS_FAILED}; errors in {sweep_dir / SweepFiles.REPORT}.", file=sys.stderr)  # fmt: skip
             raise SystemExit(EXIT_JOBS_FAILED)
 
 

@@ -239,10 +239,13 @@ def check_overrides(overrides: list[str], conf_dir: Path | None = None, nullable
     (with the closest names) or whose value has the wrong type. Runs before Hydra composes; with ``conf_dir``, an
     ``optimizer.*``/``scheduler.*`` key is checked against the chosen optimizer's or scheduler's own arguments.
     ``nullable``: keys that take null besides their type in this entry point (``tta`` of ``cnnlab.eval``: as
-    trained)."""
+    trained). A ``--config-dir`` among them must be a folder."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from cnnlab.config import check_config_dirs
     from cnnlab.errors import ConfigError
+
+    check_config_dirs(overrides)
 
     parser, parsed = OverridesParser.create(), []
     for given in (o for o in overrides if "=" in o and not o.startswith("-")):  # not a flag, nor its value

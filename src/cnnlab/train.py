@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from cnnlab import environment
-from cnnlab.config import CONF_DIR, check_config_dirs
+from cnnlab.config import CONF_DIR
 from cnnlab.errors import RunInterrupted, exit_on_user_error, user_error
 from cnnlab.plan import plan_job, skipped
 from cnnlab.rundir import DirBusy, record_failure
@@ -95,7 +95,6 @@ def cli() -> None:
         print(help_page(CONF_DIR))
         return
     with exit_on_user_error():  # trainer.max_epoch=5, data.batch_size=abc: one line before Hydra composes
-        check_config_dirs(sys.argv[1:])
         check_overrides(sys.argv[1:], CONF_DIR)
     main()
 
