@@ -26,6 +26,8 @@ class ExamplesPerSecond(Callback):
         self.seconds = 0.0
         self.job_start: float | None = None  # set by cnnlab.train from the job's plan; else the process start
         self.startup_s: float | None = None
+        self.train_s: float | None = None  # the first training step to training's end (validation included)
+        self._first_step = 0.0
         self._job_rate: float | None = None  # the whole job's, once training ended
         self._batch_start = 0.0
         self._epoch_examples = 0
@@ -41,6 +43,7 @@ class ExamplesPerSecond(Callback):
         if self.startup_s is None:
             start = self.job_start if self.job_start is not None else psutil.Process().create_time()
             self.startup_s = time.time() - start
+            self._first_step = time.perf_counter()
         self._batch_start = time.perf_counter()
 
     def on_train_batch_end(
@@ -61,6 +64,8 @@ class ExamplesPerSecond(Callback):
         self._epoch_examples, self._epoch_seconds = 0, 0.0
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.startup_s is not None:
+            self.train_s = time.perf_counter() - self._first_step
         if trainer.world_size > 1:  # one all-reduce each, once per run
             device = pl_module.device
             examples = trainer.strategy.reduce(torch.tensor(float(self.examples), device=device), reduce_op="sum")

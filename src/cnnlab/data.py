@@ -71,6 +71,10 @@ class TensorBatches:
             yield self.images[batch], self.labels[batch]
 
 
+# The sets of the last data module set up in this process (MNISTDataModule.setup): tensors nothing writes to.
+_held_sets: dict[tuple, tuple] = {}
+
+
 class MNISTDataModule(pl.LightningDataModule):
     """Fashion-MNIST or MNIST through torchvision's dataset classes, held in memory as float tensors."""
 
@@ -123,11 +127,29 @@ class MNISTDataModule(pl.LightningDataModule):
         self.files.ensure()
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the IDX files through torchvision once, as float tensors; split off the validation set."""
+        """Load the IDX files through torchvision once, as float tensors; split off the validation set. The sets of
+        the last data module set up in this process are kept: the next one of the same files and split (the next
+        job of a sweep's reused worker, a notebook's next run) takes them as they are."""
         if self.train_set is not None:
             return
         if not self.files.present():  # setup without prepare_data (e.g. a notebook): do it now
             self.prepare_data()
+        key = self._sets_key()
+        if key in _held_sets:
+            self.train_set, self.val_set, self.test_set, self.mean, self.std = _held_sets[key]
+            return
+        self._load_sets()
+        _held_sets.clear()  # one data set held at a time
+        _held_sets[key] = (self.train_set, self.val_set, self.test_set, self.mean, self.std)
+
+    def _sets_key(self) -> tuple:
+        """What the sets depend on: the files as they are now, and the split and scaling settings."""
+        files = [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(self.files.raw_folder.iterdir())
+                 if p.is_file()]  # fmt: skip
+        h = self.hparams
+        return (h.name, tuple(files), h.val_size, h.split_seed, h.normalize, h.image_size, h.num_classes)
+
+    def _load_sets(self) -> None:
         train = self._load(train=True)
         test = self._load(train=False)
         images, labels = train

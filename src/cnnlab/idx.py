@@ -39,7 +39,19 @@ IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x00000803 (uint8, 3 dims) and 0
 
 
 def md5_of(path: Path) -> str:
-    """md5 of a file's bytes, read in chunks."""
+    """md5 of a file's bytes, read in chunks; once per process for a file unchanged since (a reused worker of a
+    sweep runs many jobs on the same files)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _md5s:
+        _md5s[key] = _md5_of_bytes(path)
+    return _md5s[key]
+
+
+_md5s: dict[tuple[str, int, int], str] = {}
+
+
+def _md5_of_bytes(path: Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

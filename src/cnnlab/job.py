@@ -11,7 +11,8 @@ devices, its trial in a pruned search, its identity, and the config it runs. ``c
 4. a parallel sweep's job gets its share of the cores and a GPU slot of its own (``cnnlab.launch``);
 5. a pruned search's job finds its trial (``cnnlab.pruning``);
 6. the job's config: the composed one (left as Hydra made it) copied, with the plan's run dir and checkpoint and the
-   job's devices, and its fingerprint (``cnnlab.fingerprint``);
+   job's devices, a search's trial without the callbacks it has no use for (``hydra.sweeper.trial_callbacks``), and
+   its fingerprint (``cnnlab.fingerprint``);
 7. a job whose trainer starts DDP ranks has them start as this job (``launch.ddp_ranks_start_as_this_job``: the one
    place that changes ``sys.argv``, HydraConfig and the environment, because Lightning reads them).
 """
@@ -120,14 +121,28 @@ def job_context(cfg: DictConfig, plan: JobPlan) -> Iterator[JobContext]:
             job_cfg.ckpt_path = plan.ckpt_path
             job_cfg.paths.output_dir = str(plan.output_dir)
             job_cfg.trainer.devices = devices
+            off = [n for n in (trial_callbacks_off(hydra_cfg) if multirun else [])
+                   if job_cfg.get("callbacks") and job_cfg.callbacks.get(n) is not None]  # fmt: skip
+            for name in off:
+                job_cfg.callbacks[name] = None
         fingerprint, settings = job_fingerprint(job_cfg)
 
         if rank_zero and launch.runs_several_processes(cfg.trainer):  # 7
-            overrides = list(hydra_cfg.overrides.task) if multirun else sys.argv[1:]
+            # the other ranks go without the same callbacks (a checkpoint on one rank only would wait for the others)
+            overrides = [*hydra_cfg.overrides.task, *(f"callbacks.{n}=null" for n in off)] if multirun else sys.argv[1:]
             job.enter_context(launch.ddp_ranks_start_as_this_job(overrides, plan.output_dir, plan.ckpt_path, pruned))
         yield JobContext(plan=plan, cfg=job_cfg, rank_zero=rank_zero, fingerprint=fingerprint, identity=settings,
                          threads=threads, devices=devices, pruned=pruned, trial=trial,
                          requeue_on_usr2=environment.under_submitit())  # fmt: skip
+
+
+def trial_callbacks_off(hydra_cfg: DictConfig | None) -> list[str]:
+    """The callbacks a trial of cnnlab's Optuna search goes without (``hydra.sweeper.trial_callbacks``: false)."""
+    from cnnlab.pruning import SWEEPER
+
+    if hydra_cfg is None or str(hydra_cfg.sweeper.get("_target_", "")) != SWEEPER:
+        return []
+    return [str(name) for name, on in (hydra_cfg.sweeper.get("trial_callbacks") or {}).items() if not on]
 
 
 def jobs_in_flight(hydra_cfg: DictConfig) -> int:

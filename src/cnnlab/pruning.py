@@ -13,6 +13,7 @@ asks the pruner; every DDP rank gets its answer, and all stop after the same epo
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from cnnlab.callbacks import CheckpointedMetrics
+from cnnlab.study import REPORTED_AT
 from cnnlab.vocab import Tag
 
 if TYPE_CHECKING:
@@ -60,6 +62,11 @@ class TrialPruning(Callback):
             with warnings.catch_warnings():  # Optuna's note that a step reported before keeps its first value
                 warnings.simplefilter("ignore", UserWarning)
                 self.trial.report(accuracy, step=epoch)
+            # when: the search's best-so-far curve counts the report from then (cnnlab.anytime); a resumed trial's
+            # repeated report keeps its first time, as it keeps its first value
+            when = f"{REPORTED_AT}{epoch}"
+            if when not in self.trial.user_attrs:
+                self.trial.set_user_attr(when, time.time())
             last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
             prune = not last and self.trial.should_prune()  # after the last epoch stopping saves nothing
         prune = bool(trainer.strategy.broadcast(prune, src=0))

@@ -13,7 +13,7 @@ from cnnlab.rundir import RESULT_KEYS
 
 OVERRIDE_SEP = re.compile(r",(?=[\w.+~@/-]+=)")  # the commas of override_dirname that start a new key=value
 # the runs table of report.md, in order (report.csv has every column, full precision)
-RUN_COLUMNS = ["model", "overrides", "tags", *(k for k in RESULT_KEYS if k not in ("startup_s", "epochs"))]
+RUN_COLUMNS = ["model", "overrides", "tags", *(k for k in RESULT_KEYS if k not in ("startup_s", "train_s", "epochs"))]
 RUN_COLUMNS += ["status", "seed", "error", "run"]  # run: its dir, as TensorBoard and the progress lines name it
 HEADERS = {
     "test_acc": "test acc",

@@ -31,8 +31,9 @@ from cnnlab.vocab import JobState, RunFiles, SweepFiles
 
 log = logging.getLogger("cnnlab.resume")
 
-# Sweeper settings a resume may change: how many trials in all (a search asks only for the missing ones) and at once.
-RESUMABLE_SWEEPER_KEYS = ("n_trials", "n_jobs")
+# Sweeper settings a resume may change: how many trials in all (a search asks only for the missing ones) and at once,
+# the wall-time budget, and which extras a trial does (each trial_callbacks.<name>); none decides a trial's result.
+RESUMABLE_SWEEPER_KEYS = ("n_trials", "n_jobs", "budget_s", "trial_callbacks")
 # Overrides that may differ between a sweep and its resume: where things are, not what runs.
 MOVABLE_PREFIXES = ("paths.", "data.system_dir", "data.data_dir")
 
@@ -67,7 +68,8 @@ def sweeper_changes(recorded: DictConfig, given: DictConfig) -> str:
     sampler, the pruner, ...), but for ``RESUMABLE_SWEEPER_KEYS``; '' when nothing."""
     was, now = (flat_settings(OmegaConf.to_container(c, resolve=False), "hydra.sweeper.") for c in (recorded, given))
     keys = [k for k in dict.fromkeys([*was, *now])
-            if k.removeprefix("hydra.sweeper.") not in RESUMABLE_SWEEPER_KEYS and was.get(k) != now.get(k)]  # fmt: skip
+            if k.removeprefix("hydra.sweeper.").split(".")[0] not in RESUMABLE_SWEEPER_KEYS
+            and was.get(k) != now.get(k)]  # fmt: skip
     return ", ".join(f"{k}: {was.get(k, '(unset)')} -> {now.get(k, '(unset)')}" for k in keys)
 
 

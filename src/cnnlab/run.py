@@ -15,13 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cnnlab.callbacks import CheckpointedMetrics, ExamplesPerSecond
-from cnnlab.config import as_dict, input_shape
+from cnnlab.config import as_dict
 from cnnlab.console import config_log, log_config, print_header, print_summary
+from cnnlab.cost import network_macs
 from cnnlab.errors import RunInterrupted
 from cnnlab.guards import InterruptCheckpoint, interruptions_reported
 from cnnlab.hparams import metric_values, run_hparams, write_run_summaries
 from cnnlab.job import JobContext
-from cnnlab.models.walk import layer_rows
 from cnnlab.module import ClassifierModule
 from cnnlab.pruning import TrialPruning, pruning_callback
 from cnnlab.rundir import RunRecord, write_record
@@ -45,7 +45,7 @@ def run_job(ctx: JobContext) -> RunRecord:
     module = build_module(cfg)
     trainer = build_trainer(cfg, ctx)
     print_header(cfg, module, trainer)
-    macs = sum(row.mult_adds for row in layer_rows(module.net, input_shape(cfg.data)))  # on the CPU, before training
+    macs = network_macs(module.net, cfg.data)  # on the CPU, before training
     pruning = next((c for c in trainer.callbacks if isinstance(c, TrialPruning)), None)
     try:
         with interruptions_reported(trainer):  # a checkpoint holds tensors and plain data: weights_only loading
@@ -159,6 +159,7 @@ def final_record(ctx: JobContext, trainer: pl.Trainer, module: ClassifierModule,
         train_loss=logged.get(Tag.TRAIN_LOSS_EPOCH),
         examples_per_sec=speed.examples_per_sec if speed else None,
         startup_s=speed.startup_s if speed else None,
+        train_s=speed.train_s if speed else None,
         params=sum(p.numel() for p in module.net.parameters()),
         macs=macs,
         epochs=trainer.current_epoch,

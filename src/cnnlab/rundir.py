@@ -54,6 +54,7 @@ class RunRecord:
     train_loss: float | None = None
     examples_per_sec: float | None = None  # training examples per second of the whole job (every DDP rank)
     startup_s: float | None = None  # from the job's start (a process's first job: the process start) to its first step
+    train_s: float | None = None  # from the first training step to training's end: the epochs, validation included
     wall_s: float | None = None
     epochs: int | None = None
     status: str = Status.OK  # a cnnlab.vocab.Status

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +170,44 @@ def ci95_half_width(values: list[float]) -> float | None:
     """Half the width of the 95% confidence interval of the mean (Student's t, n - 1 degrees of freedom)."""
     if len(values) < 2:
         return None
-    from scipy import stats
+    return t_quantile(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
 
-    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+# Student's t distribution through mpmath's regularized incomplete beta function (mpmath comes with torch, through
+# sympy): scipy, which would do it, makes every training process slower to start (torchmetrics imports scipy.signal
+# whenever scipy is installed).
+
+
+def t_tail(t: float, df: float) -> float:
+    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom (two-sided)."""
+    import mpmath
+
+    if math.isinf(t):
+        return 0.0
+    return float(mpmath.betainc(df / 2, 0.5, 0, df / (df + t * t), regularized=True))
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile (p > 0.5) of Student's t with ``df`` degrees of freedom, by bisection of its tail."""
+    low, high = 0.0, 1.0
+    while t_tail(high, df) > 2 * (1 - p):
+        high *= 2
+    for _ in range(100):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_tail(middle, df) > 2 * (1 - p) else (low, middle)
+    return (low + high) / 2
+
+
+def welch_p(a: list[float], b: list[float]) -> float:
+    """Welch's t-test (two-sided, unequal variances) of two samples: its p-value; NaN when neither sample varies and
+    their means are equal."""
+    se2 = statistics.variance(a) / len(a) + statistics.variance(b) / len(b)
+    diff = statistics.mean(a) - statistics.mean(b)
+    if se2 == 0:
+        return math.nan if diff == 0 else 0.0
+    df = se2**2 / ((statistics.variance(a) / len(a)) ** 2 / (len(a) - 1) + (statistics.variance(b) / len(b)) ** 2
+                   / (len(b) - 1))  # fmt: skip
+    return t_tail(diff / math.sqrt(se2), df)
 
 
 NOISE_RULE = ("A difference is larger than the noise when Welch's t-test (two-sided, unequal variances) over the "
@@ -185,12 +219,8 @@ def ahead_line(configs: list[dict[str, Any]]) -> str:
     seeded = sorted((c for c in configs if len(c["val_accs"]) >= 2), key=lambda c: -c["val_acc_mean"])
     if len(seeded) < 2:
         return ""
-    from scipy import stats
-
     best, second = seeded[:2]
-    with warnings.catch_warnings():  # scipy warns of precision when one configuration's seeds agree exactly
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(stats.ttest_ind(best["val_accs"], second["val_accs"], equal_var=False).pvalue)
+    p = welch_p(best["val_accs"], second["val_accs"])
     best_label, second_label = run_labels([best, second])
     verdict = "larger than the noise" if p < 0.05 else "within the noise: more seeds would tell them apart, or not"
     if math.isnan(p):

@@ -234,6 +234,25 @@ def chosen_schemas(group: str, parsed: list[Any], conf_dir: Path | None) -> tupl
     return ((schema,), choice) if schema in SCHEMAS else (every, None)
 
 
+def check_trial_callback(override: Any) -> None:
+    """``hydra.sweeper.trial_callbacks.<name>=true|false`` names a callback a search's trial goes without (cnnlab's
+    Optuna sweeper; Hydra's own message would be a struct or type error of several lines)."""
+    from cnnlab.errors import ConfigError
+    from cnnlab.study import LIGHT_TRIAL
+
+    key, prefix = override.key_or_group, "hydra.sweeper.trial_callbacks."
+    if not key.startswith(prefix):
+        return
+    name = key.removeprefix(prefix)
+    if name not in LIGHT_TRIAL:
+        close = difflib.get_close_matches(name, list(LIGHT_TRIAL), n=1, cutoff=0.6)
+        hint = f"did you mean {prefix}{close[0]}? " if close else ""
+        raise ConfigError(f"{key} is not a callback a search's trial goes without ({', '.join(LIGHT_TRIAL)}); "
+                          f"{hint}Each is true (as in a single run) or false.")  # fmt: skip
+    if not isinstance(override.value(), bool):
+        raise ConfigError(f"{key}={override.get_value_element_as_str()}: true (as in a single run) or false.")
+
+
 def check_overrides(overrides: list[str], conf_dir: Path | None = None, nullable: tuple[str, ...] = ()) -> None:
     """Refuse, in one line, an override of a schema'd setting whose key is not an argument of what it configures
     (with the closest names) or whose value has the wrong type. Runs before Hydra composes; with ``conf_dir``, an
@@ -258,6 +277,7 @@ def check_overrides(overrides: list[str], conf_dir: Path | None = None, nullable
                               f"https://hydra.cc/docs/advanced/override_grammar/basic).") from None  # fmt: skip
     for override in parsed:
         key = override.key_or_group
+        check_trial_callback(override)
         group, _, field = key.partition(".") if "." in key else ("", "", key)
         if group not in SCHEMAS_OF_GROUP or "." in field or "/" in key or override.is_add() or override.is_delete():
             continue

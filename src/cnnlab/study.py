@@ -43,7 +43,16 @@ PRUNING_STUDY = "-pruning"
 # cnnlab's defaults for the pruners' arguments that Optuna requires or leaves open (patient: a median pruner inside)
 PRUNER_DEFAULTS = {"patient": {"wrapped_pruner": None, "patience": 1}, "threshold": {"lower": 0.0}}
 NEEDS_THE_SAMPLERS_STUDY = {"hyperband"}
+# hydra.sweeper.trial_callbacks: the callbacks a trial goes without (false) unless turned back on. A search needs none
+# of them: TensorBoard's images of the trained network (a pass over the test set and matplotlib each), and last.ckpt
+# every 100 steps (a trial still saves last.ckpt at every epoch end, so a stopped search resumes its trials from
+# there, and its best epoch's checkpoint).
+LIGHT_TRIAL = {"activation_images": False, "kernel_images": False, "confusion_matrix": False,
+               "misclassified_images": False, "model_graph": False, "step_checkpoint": False}  # fmt: skip
 PRUNING_TRIAL_ATTR = "cnnlab.pruning_trial"  # on a trial of a multi-objective study: its trial in the pruning study
+STARTED_ATTR = "cnnlab.started"  # the study's: when its search first started (seconds since the epoch)
+REPORTED_AT = "cnnlab.reported_at."  # a trial's, + the epoch: when its job reported that epoch's val acc
+BUDGET_ATTR = "cnnlab.budget_stop"  # the study's: the wall-time budget that stopped its search, and its trials then
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnlab import study as studies
+from cnnlab.anytime import anytime
+from cnnlab.anytime import draw as draw_anytime
 from cnnlab.errors import ConfigError
 from cnnlab.search_checks import check_study_file
 from cnnlab.vocab import SweepFiles
@@ -70,11 +72,23 @@ def failed_trials(path: Path) -> list[int]:
 def one_study(root: Path, study: optuna.Study, pruning: optuna.Study, rows: list[dict[str, Any]], prefix: str) -> str:
     from optuna.trial import TrialState
 
-    trials = study.get_trials(deepcopy=False)
+    every = study.get_trials(deepcopy=False)
+    trials = [t for t in every if t.state != TrialState.WAITING]
     states = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    waiting = f" ({len(every) - len(trials)} more drawn, not run yet)" if len(every) > len(trials) else ""
     lines = [f"## Study {study.study_name}\n",
              f"{len(trials)} trials: {states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} pruned, "
-             f"{states[TrialState.FAIL]} failed.\n"]  # fmt: skip
+             f"{states[TrialState.FAIL]} failed{waiting}.\n"]  # fmt: skip
+    stop = study.user_attrs.get(studies.BUDGET_ATTR)
+    if stop:
+        lines.append(f"The search stopped at its wall-time budget (hydra.sweeper.budget_s={stop['budget_s']:g}): "
+                     f"{stop['trials']} of {stop['n_trials']} trials ran. `python -m cnnlab.resume {root} "
+                     f"hydra.sweeper.budget_s=null` runs the rest.\n")  # fmt: skip
+    results = anytime(study, pruning if pruning is not study else None)
+    lines.append(results.line() + "\n")
+    if results.results and draw(root / f"{prefix}anytime.png",
+                                lambda: draw_anytime({study.study_name: [results]}, "best so far against wall time")):
+        lines.append(f"![best so far against wall time]({prefix}anytime.png)\n")
     objectives = objective_names(study)
     if len(objectives) > 1:
         lines.append(pareto_table(study, objectives, rows))

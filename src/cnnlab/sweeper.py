@@ -11,13 +11,19 @@ runs this (``sweeps/optuna.yaml``, ``sweeps/search.yaml``).
 - The study lives in the sweep dir: running the sweep again (``python -m cnnlab.resume``) keeps its finished,
   pruned and failed trials, runs the trials that were running again in their own job dirs, and asks only for the
   trials still missing from ``n_trials``.
+- Cost is known before training: the trials the sampler draws blind (TPE's startup trials) are drawn at the start
+  and run cheapest first, by multiply-adds times the examples of an epoch (``hydra.sweeper.cheap_first``), so the
+  first results come in seconds; ``hydra.sweeper.budget_s`` bounds the search's wall time (no trial starts after
+  it; the study records why it stopped, the report says so, and ``cnnlab.resume`` runs the rest).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -50,8 +56,14 @@ class Search:
         if config_loader is not None:  # every value of the space against the config's schema, before any trial
             check_space(self.space, self.fixed, lambda group: config_loader.get_group_options(group), CONF_DIR,
                         lambda overrides: config_loader.load_sweep_config(config, overrides))  # fmt: skip
+        self.started = time.time()
+        self.budget_s = check_budget(sweeper.get("budget_s"))
+        self.trial_callbacks = check_trial_callbacks(sweeper.get("trial_callbacks"), config)
         self.sampler, grid_size = build_sampler(sweeper.get("sampler") or {}, self.space)
         self.n_trials = min(int(sweeper.n_trials), grid_size or int(sweeper.n_trials))
+        # the trials the sampler draws without looking at results, run cheapest first (a fresh study only)
+        self.blind = blind_trials(sweeper.get("sampler") or {}) if sweeper.get("cheap_first", True) else 0
+        self.config, self.config_loader, self.sampler_cfg = config, config_loader, sweeper.get("sampler")
         self.launcher = launcher
         self.slots = studies.trials_in_flight(sweeper, str(config.hydra.launcher.get("_target_", "")))
         if self.slots == 1 and int(sweeper.get("n_jobs") or 1) > 1:
@@ -85,7 +97,12 @@ class Search:
         Several slots: a thread each, calling a launcher whose jobs run in processes of their own (joblib's workers,
         SLURM), each with its own signal handlers.
         """
-        trials = [t for t in self.study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]  # not enqueued
+        every = self.study.get_trials(deepcopy=False)
+        trials = [t for t in every if t.state != TrialState.WAITING]  # not enqueued
+        if studies.STARTED_ATTR not in self.study.user_attrs:  # its anytime curve counts from the first start
+            self.study.set_user_attr(studies.STARTED_ATTR, self.started)
+        if not every:  # a new study: its blind trials, cheapest first
+            self.enqueue_cheapest_first()
         stopped = [t for t in trials if t.state == TrialState.RUNNING]
         if trials:
             log.info("study %s holds %d trials (%d stopped while running): continuing it", self.study.study_name,
@@ -102,22 +119,68 @@ class Search:
             to_ask -= 1
             return self.ask()
 
+        def more() -> bool:  # a trial to start, within the budget
+            return bool(queue or to_ask) and not self.budget_spent()
+
         if self.slots == 1:
-            while queue or to_ask:
+            while more():
                 number, overrides = next_trial()
                 self.tell(number, self.came_back(number, functools.partial(self.launch, number, overrides)))
         else:
             with ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="cnnlab-trial") as pool:
                 in_flight: dict[Future[JobReturn], int] = {}
-                while queue or to_ask or in_flight:
-                    while len(in_flight) < self.slots and (queue or to_ask):
+                while more() or in_flight:
+                    while len(in_flight) < self.slots and more():
                         number, overrides = next_trial()
                         in_flight[pool.submit(self.launch, number, overrides)] = number
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
                         number = in_flight.pop(future)
                         self.tell(number, self.came_back(number, future.result))
+        self.record_budget_stop(stopped=bool(queue or to_ask))
         self.write_results()
+
+    def budget_spent(self) -> bool:
+        return self.budget_s is not None and time.time() - self.started >= self.budget_s
+
+    def record_budget_stop(self, stopped: bool) -> None:
+        """The study says whether its budget stopped it (the report reads it); a search that ran to its end clears
+        what an earlier, stopped run of it said."""
+        ran = sum(t.state != TrialState.WAITING for t in self.study.get_trials(deepcopy=False))
+        if stopped:
+            log.warning("the budget of %g s is spent (hydra.sweeper.budget_s): %d of %d trials ran; python -m "
+                        "cnnlab.resume <sweep dir> hydra.sweeper.budget_s=null runs the rest", self.budget_s, ran,
+                        self.n_trials)  # fmt: skip
+            stop = {"budget_s": self.budget_s, "trials": ran, "n_trials": self.n_trials}
+            self.study.set_user_attr(studies.BUDGET_ATTR, stop)
+        elif self.study.user_attrs.get(studies.BUDGET_ATTR):
+            self.study.set_user_attr(studies.BUDGET_ATTR, None)
+
+    def enqueue_cheapest_first(self) -> None:
+        """Draw the sampler's blind trials now, with Optuna's random sampler (seeded from the search's seed), and
+        enqueue them cheapest first: multiply-adds per example (the network built, not trained) times an epoch's
+        examples.
+        With trials in flight TPE may still draw a few more blind trials itself, before enough have ended."""
+        count = min(self.blind, self.n_trials)
+        if count < 2 or self.config_loader is None:
+            return
+        from cnnlab.cost import epoch_cost
+
+        seed = (self.sampler_cfg or {}).get("seed")  # TPE draws its own startup trials from RandomSampler(seed): the
+        sampler = optuna.samplers.RandomSampler(seed=None if seed is None else seed + 1)  # same points, were it seed
+        draw = optuna.create_study(sampler=sampler, directions=self.settings.directions)
+        drawn = [draw.ask(self.space).params for _ in range(count)]
+        costs = []
+        for params in drawn:
+            overrides = studies.trial_overrides(params, self.fixed)
+            try:
+                costs.append(epoch_cost(self.config_loader.load_sweep_config(self.config, overrides)))
+            except Exception as err:  # a point that cannot be built: its trial fails and says why; run it first
+                log.info("the cost of %s is not known (%s): it runs first", " ".join(overrides), err)
+                costs.append(0.0)
+        for _, params in sorted(zip(costs, drawn, strict=True), key=lambda pair: pair[0]):
+            self.study.enqueue_trial(params, skip_if_exists=False)
+        log.info("the first %d trials (the sampler's blind ones) run cheapest first", count)
 
     def ask(self) -> tuple[int, list[str]]:
         trial = self.study.ask(self.space)
@@ -185,6 +248,41 @@ class Search:
             log.info("Pareto front: %d trials (%s)", len(self.study.best_trials),
                      ", ".join(str(t.number) for t in self.study.best_trials))  # fmt: skip
         OmegaConf.save(OmegaConf.create(results), sweep_dir / SweepFiles.BEST)
+
+
+def check_budget(value: Any) -> float | None:
+    """``hydra.sweeper.budget_s``: seconds > 0, or null."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"hydra.sweeper.budget_s={value!r}: the search's wall time in seconds (> 0), or null for "
+                          f"none; e.g. hydra.sweeper.budget_s=600.")  # fmt: skip
+    return float(value)
+
+
+def check_trial_callbacks(value: Any, config: DictConfig) -> dict[str, bool]:
+    """``hydra.sweeper.trial_callbacks``: callbacks of the config (``callbacks.<name>``), each true or false (one the
+    config does not have is already off: false for it is no mistake)."""
+    given = dict(value or {})
+    known = set((config.get("callbacks") or {}).keys())
+    for name, on in given.items():
+        if not isinstance(on, bool) or (on and name not in known):
+            raise ConfigError(f"hydra.sweeper.trial_callbacks.{name}={on!r}: true or false for one of the config's "
+                              f"callbacks ({', '.join(sorted(known))}).")  # fmt: skip
+    return given
+
+
+def blind_trials(cfg: Any) -> int:
+    """How many trials the sampler draws without looking at results: TPE's ``n_startup_trials`` (its own default
+    unless set), all of a random search's; none for the others (a grid has its order, NSGA-II its generations)."""
+    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    target = str(spec.get("_target_", "optuna.samplers.TPESampler")).rsplit(".", 1)[-1]
+    if target == "RandomSampler":
+        return 2**31
+    if target != "TPESampler":
+        return 0
+    default = inspect.signature(optuna.samplers.TPESampler).parameters["n_startup_trials"].default
+    return int(spec.get("n_startup_trials", default))
 
 
 def build_sampler(cfg: Any, space: dict[str, Any]) -> tuple[optuna.samplers.BaseSampler, int | None]:

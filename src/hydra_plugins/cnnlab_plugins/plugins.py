@@ -30,6 +30,8 @@ from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher a
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 from omegaconf import MISSING, DictConfig
 
+from cnnlab.study import LIGHT_TRIAL
+
 log = logging.getLogger("cnnlab.plugins")
 
 
@@ -73,6 +75,11 @@ class OptunaSweeperConf:
     n_trials: int = 20
     n_jobs: int = 1  # trials in flight at once (with a parallel launcher: joblib, SLURM)
     params: dict[str, str] | None = None  # the search space, in Hydra's override syntax
+    budget_s: float | None = None  # wall time: no trial starts after it, those in flight finish (null: none)
+    cheap_first: bool = True  # the trials the sampler draws blind (TPE's startup trials) run cheapest first
+    # What a trial does beyond training, validating and testing a complete trial: each callback named here is off in
+    # a trial (false) or as in a single run (true), e.g. hydra.sweeper.trial_callbacks.confusion_matrix=true.
+    trial_callbacks: dict[str, bool] = field(default_factory=lambda: dict(LIGHT_TRIAL))
 
 
 SAMPLERS = {  # hydra/sweeper/sampler=<name>: Optuna's samplers, seeded (hydra.sweeper.sampler.seed)
