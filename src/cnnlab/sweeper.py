@@ -58,7 +58,7 @@ class Search:
                         lambda overrides: config_loader.load_sweep_config(config, overrides))  # fmt: skip
         self.started = time.time()
         self.budget_s = check_budget(sweeper.get("budget_s"))
-        self.trial_callbacks = check_trial_callbacks(sweeper.get("trial_callbacks"), config)
+        check_trial_callbacks(sweeper.get("trial_callbacks"), config)
         self.sampler, grid_size = build_sampler(sweeper.get("sampler") or {}, self.space)
         self.n_trials = min(int(sweeper.n_trials), grid_size or int(sweeper.n_trials))
         # the trials the sampler draws without looking at results, run cheapest first (a fresh study only)
@@ -159,15 +159,15 @@ class Search:
     def enqueue_cheapest_first(self) -> None:
         """Draw the sampler's blind trials now, with Optuna's random sampler (seeded from the search's seed), and
         enqueue them cheapest first: multiply-adds per example (the network built, not trained) times an epoch's
-        examples.
-        With trials in flight TPE may still draw a few more blind trials itself, before enough have ended."""
+        examples. With trials in flight TPE may draw a few more blind trials itself, before enough have ended."""
         count = min(self.blind, self.n_trials)
         if count < 2 or self.config_loader is None:
             return
         from cnnlab.cost import epoch_cost
 
-        seed = (self.sampler_cfg or {}).get("seed")  # TPE draws its own startup trials from RandomSampler(seed): the
-        sampler = optuna.samplers.RandomSampler(seed=None if seed is None else seed + 1)  # same points, were it seed
+        seed = (self.sampler_cfg or {}).get("seed")
+        # not the search's seed itself: TPE draws its own blind trials from RandomSampler(seed), the same points
+        sampler = optuna.samplers.RandomSampler(seed=None if seed is None else seed + 1)
         draw = optuna.create_study(sampler=sampler, directions=self.settings.directions)
         drawn = [draw.ask(self.space).params for _ in range(count)]
         costs = []
