@@ -1,15 +1,16 @@
 """How soon a search finds a good network, what pruning and in-flight trials save: searches on the real Fashion-MNIST.
 
     python benchmarks/search.py [--data-dir /tmp/cnnlab-data] [--trials 24] [--part anytime|pruning|slots|both]
-                                [--seeds 42 43 44] [--picture docs/search-anytime.png]
+                                [--seeds 42 43 44] [--picture docs/search-anytime.png] [--keep DIR]
 
 0. Anytime (``--part anytime``, about an hour here): the search of ``sweeps/optuna.yaml``, 24 trials of up to 10
-   epochs of 100 batches, two in flight (joblib), successive halving, with 3 sampler seeds, each run before (today's
-   settings before light trials: ``hydra.sweeper.cheap_first=false`` and every ``hydra.sweeper.trial_callbacks``
-   back on) and after (the defaults), one after another. Prints each search's best-so-far figures (``cnnlab.anytime``,
-   from the command's start): the first result, within 0.01 and 0.005 of its final best, the final best; and each
-   job's time outside training (the trial's time in the study less its ``train_s``; a worker's first job, which
-   starts the worker's process, apart). Draws the best-so-far curves of both in one picture (``--picture``).
+   epochs of 100 batches, two in flight (joblib), successive halving, with 3 sampler seeds, each run before (the
+   settings before light trials: ``hydra.sweeper.cheap_first=false``, ``cheapest_of=1``, ``prune_below=null`` and
+   every ``hydra.sweeper.trial_callbacks`` back on) and after (the defaults), one after another. Prints each
+   search's best-so-far figures (``cnnlab.anytime``, from the command's start): the first result, within 0.01 and
+   0.005 of its final best, the final best; and each job's time outside training (the trial's time in the study
+   less its ``train_s``; a worker's first job, which starts the worker's process, apart). Draws the best-so-far
+   curves of both in one picture (``--picture``).
    ``--before-path DIR``: a folder holding scipy (``pip install --no-deps --target DIR scipy``) on the path of the
    searches before, as installed before cnnlab dropped scipy (torchmetrics imports it into every job's process).
    Goals: the first result within 30 s (every seed); within 0.005 of the final best in <= 0.5x the time before
@@ -178,7 +179,8 @@ ANYTIME_SEARCH = ["sweep=optuna", "hydra.sweeper.n_jobs=2", "hydra/launcher=jobl
                   "hydra.sweeper.pruner=successive_halving",
                   "hydra.sweeper.pruner_args={min_resource:1,reduction_factor:3}", "trainer.max_epochs=10",
                   "trainer.limit_train_batches=100"]  # fmt: skip
-BEFORE = ["hydra.sweeper.cheap_first=false", *(f"hydra.sweeper.trial_callbacks.{name}=true" for name in LIGHT_TRIAL)]
+BEFORE = ["hydra.sweeper.cheap_first=false", "hydra.sweeper.cheapest_of=1", "hydra.sweeper.prune_below=null",
+          *(f"hydra.sweeper.trial_callbacks.{name}=true" for name in LIGHT_TRIAL)]  # fmt: skip
 
 
 def one_search(sweep_dir: Path, overrides: list[str], cwd: Path, path: str | None) -> tuple[Anytime, dict[str, float]]:
@@ -247,7 +249,7 @@ def anytime_part(data_dir: str, trials: int, seeds: list[int], cwd: Path, pictur
     for what, value, met, goal in goals:
         print(f"{what}: {value:.3f} (goal {goal}): {'met' if met else 'MISSED'}")
     if picture is not None:
-        ax = draw_anytime(curves, f"best so far against wall time: {trials} trials, 3 sampler seeds each")
+        ax = draw_anytime(curves, f"best so far against wall time: {trials} trials, {len(seeds)} sampler seeds each")
         ax.figure.savefig(picture, dpi=110, bbox_inches="tight")
         print(f"picture: {picture}")
     return all(met for _, _, met, _ in goals)
@@ -262,9 +264,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44], help="the anytime part's sampler seeds")
     parser.add_argument("--picture", type=Path, default=None, help="the anytime part's picture (a .png)")
     parser.add_argument("--before-path", default=None, help="a folder holding scipy: the searches before with it")
+    parser.add_argument("--keep", type=Path, default=None, help="run the searches in this folder and keep them")
     args = parser.parse_args()
     ok = True
-    with tempfile.TemporaryDirectory(prefix="cnnlab-search-") as folder:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cnnlab-search-") as scratch:
+        folder = str(args.keep.resolve()) if args.keep is not None else scratch
         if args.part == "anytime":
             before = str(Path(args.before_path).resolve()) if args.before_path else None
             ok &= anytime_part(args.data_dir, args.trials, args.seeds, Path(folder), args.picture, before)

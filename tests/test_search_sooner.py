@@ -1,10 +1,12 @@
 """Searches that find a good network sooner: the best so far against wall time (the report's picture and figures),
-light trials (switched-off callbacks, back on when asked), the blind trials cheapest first, a wall-time budget that
-stops the search and a resume that finishes it, and a reused worker's data set kept in memory."""
+light trials (switched-off callbacks, back on when asked), the blind trials cheapest first, each guided trial the
+cheapest of TPE's proposals, a floor under the pruner, a wall-time budget that stops the search and a resume that
+finishes it, and a reused worker's data set kept in memory."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import optuna
@@ -13,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cnnlab import study as studies
 from cnnlab.anytime import Anytime, anytime
+from cnnlab.sweeper import CheapestOf
 from conftest import TINY_OVERRIDES, run_cli, write_idx_set
 from test_search import FIXED, load, records, search
 
@@ -91,6 +94,59 @@ def test_the_blind_trials_run_cheapest_first(tmp_path, tiny_data_dir):
     assert plain_costs != sorted(plain_costs), plain_costs
 
 
+class Proposing(optuna.samplers.TPESampler):
+    """Optuna's multivariate TPE, keeping each point it proposes, by trial."""
+
+    def __init__(self) -> None:
+        super().__init__(seed=3, n_startup_trials=4, multivariate=True)
+        self.proposed: dict[int, list[dict]] = {}
+
+    def sample_relative(self, study, trial, search_space):
+        point = super().sample_relative(study, trial, search_space)
+        self.proposed.setdefault(trial.number, []).append(point)
+        return point
+
+
+def test_each_guided_trial_is_the_cheapest_of_k_proposals_and_the_blind_ones_are_the_samplers_own():
+    space = {"batch": optuna.distributions.CategoricalDistribution([64, 128, 256, 512]),
+             "lr": optuna.distributions.FloatDistribution(1e-4, 1.0, log=True)}  # fmt: skip
+
+    def searched(base: optuna.samplers.BaseSampler, k: int) -> list[dict]:  # the batch costs, the rate scores
+        study = optuna.create_study(direction="maximize", sampler=CheapestOf(base, k, lambda p: p["batch"], space, 4))
+        for _ in range(20):
+            trial = study.ask(space)
+            study.tell(trial, -abs(math.log10(trial.params["lr"]) + 2))
+        return [t.params for t in study.trials]
+
+    own = searched(optuna.samplers.RandomSampler(seed=3), 1)
+    cheapest = searched(optuna.samplers.RandomSampler(seed=3), 3)
+    assert own[:4] == cheapest[:4]  # the blind trials: the sampler's draws, untouched
+    assert sum(p["batch"] for p in cheapest[4:]) < 0.7 * sum(p["batch"] for p in own[4:]), (own, cheapest)
+    tpe = Proposing()  # TPE proposes each point whole (multivariate): the trial runs the cheapest, the first on a tie
+    for number, params in enumerate(searched(tpe, 3)[4:], start=4):
+        points = tpe.proposed[number]
+        assert len(points) == 3 and params == min(points, key=lambda p: p["batch"]), (number, points, params)
+
+
+@pytest.mark.slow
+def test_a_search_runs_the_cheapest_proposal_and_prunes_a_trial_below_the_floor(tmp_path, tiny_data_dir):
+    overrides = ["hydra.sweeper.n_trials=4", "+hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=2",
+                 "optimizer.lr=tag(log, interval(0.01, 0.3))", "data.batch_size=choice(8,16,32)",
+                 "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_args={n_warmup_steps:5}"]  # fmt: skip
+    floored, floored_dir = search(tmp_path, tiny_data_dir, *overrides, "hydra.sweeper.prune_below=0.99",
+                                  sweep_dir=tmp_path / "floored")  # fmt: skip
+    assert floored.returncode == 0, floored.stderr[-3000:]
+    assert "each trial TPE draws once 2 have ended: the cheapest of 3 of its proposals" in floored.stdout
+    # the median pruner waits 5 epochs: the floor alone prunes every trial after its first
+    assert {n: (r["status"], r["epochs"]) for n, r in records(floored_dir).items()} == {n: ("pruned", 1) for n in
+                                                                                          range(4)}  # fmt: skip
+    assert "val acc" in floored.stdout and "below hydra.sweeper.prune_below=0.99" in floored.stdout
+    plain, plain_dir = search(tmp_path, tiny_data_dir, *overrides, "hydra.sweeper.n_trials=1",
+                              "hydra.sweeper.prune_below=null", sweep_dir=tmp_path / "plain")  # fmt: skip
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert [(r["status"], r["epochs"]) for r in records(plain_dir).values()] == [("ok", 2)]
+
+
 @pytest.mark.slow
 def test_a_budget_stops_the_search_the_report_says_so_and_resume_finishes_it(tmp_path, tiny_data_dir):
     # the first trial starts at once and takes longer than the budget (a new interpreter's job imports Lightning)
@@ -122,9 +178,11 @@ def test_a_budget_stops_the_search_the_report_says_so_and_resume_finishes_it(tmp
      ("hydra.sweeper.trial_callbacks.confusion_matrx=true", "hydra.sweeper.trial_callbacks.confusion_matrx is not a "
                                                             "callback a search's trial goes without (activation_"),
      ("hydra.sweeper.trial_callbacks.model_graph=maybe", "hydra.sweeper.trial_callbacks.model_graph=maybe: true (as "
-                                                         "in a single run) or false.")],
+                                                         "in a single run) or false."),
+     ("hydra.sweeper.cheapest_of=0", "hydra.sweeper.cheapest_of=0: how many of TPE's proposals a trial is the "),
+     ("hydra.sweeper.prune_below=1.5", "hydra.sweeper.prune_below=1.5: a validation accuracy in [0, 1) below which")],
 )  # fmt: skip
-def test_a_bad_budget_or_trial_callback_is_one_line_before_any_trial(tmp_path, tiny_data_dir, override, message):
+def test_a_bad_search_setting_is_one_line_before_any_trial(tmp_path, tiny_data_dir, override, message):
     result, sweep_dir = search(tmp_path, tiny_data_dir, "hydra.sweeper.n_trials=1", override)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("cnnlab: error:")]

@@ -58,6 +58,7 @@ class JobContext:
     devices: Any = None  # trainer.devices: as composed, or the GPU slot a parallel job took
     pruned: bool = False  # a job (or a DDP rank of a job) of a pruned search: it takes part in every decision
     trial: optuna.Trial | None = None  # process 0's trial of that search; None on the other ranks
+    floor: float | None = None  # process 0's: the accuracy below which its trial is pruned (hydra.sweeper.prune_below)
     requeue_on_usr2: bool = False  # submitit runs it: SLURM's SIGUSR2 saves a checkpoint, then submitit requeues
 
 
@@ -108,13 +109,14 @@ def job_context(cfg: DictConfig, plan: JobPlan) -> Iterator[JobContext]:
             threads = environment.slurm_cpus()
             launch.set_threads(threads, "SLURM_CPUS_PER_TASK")
 
-        pruned, trial = environment.ddp_rank_of_pruned_trial(), None  # 5
+        pruned, trial, floor = environment.ddp_rank_of_pruned_trial(), None, None  # 5
         if multirun:
             from cnnlab.pruning import job_trial, pruned_search
 
             if pruned_search(hydra_cfg.sweeper):
                 pruned = True
-                trial = job_trial(hydra_cfg.sweeper, int(hydra_cfg.job.num)) if rank_zero else None
+                if rank_zero:
+                    trial, floor = job_trial(hydra_cfg.sweeper, int(hydra_cfg.job.num))
 
         job_cfg = copy.deepcopy(cfg)  # 6
         with open_dict(job_cfg):
@@ -132,7 +134,7 @@ def job_context(cfg: DictConfig, plan: JobPlan) -> Iterator[JobContext]:
             overrides = [*hydra_cfg.overrides.task, *(f"callbacks.{n}=null" for n in off)] if multirun else sys.argv[1:]
             job.enter_context(launch.ddp_ranks_start_as_this_job(overrides, plan.output_dir, plan.ckpt_path, pruned))
         yield JobContext(plan=plan, cfg=job_cfg, rank_zero=rank_zero, fingerprint=fingerprint, identity=settings,
-                         threads=threads, devices=devices, pruned=pruned, trial=trial,
+                         threads=threads, devices=devices, pruned=pruned, trial=trial, floor=floor,
                          requeue_on_usr2=environment.under_submitit())  # fmt: skip
 
 

@@ -36,8 +36,9 @@ class TrialPruning(Callback):
     """Report ``val/acc`` to the trial after every validation (its step: the epoch, counted from 0, as Optuna's own
     Lightning callback counts it); stop training after an epoch the pruner prunes."""
 
-    def __init__(self, trial: optuna.Trial | None) -> None:
+    def __init__(self, trial: optuna.Trial | None, floor: float | None = None) -> None:
         self.trial = trial  # None on the ranks other than 0: they take rank 0's answer
+        self.floor = floor  # hydra.sweeper.prune_below: an accuracy below it prunes, whatever the pruner says
         self.pruned_after: int | None = None  # the epochs trained when pruned
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -68,18 +69,23 @@ class TrialPruning(Callback):
             if when not in self.trial.user_attrs:
                 self.trial.set_user_attr(when, time.time())
             last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
-            prune = not last and self.trial.should_prune()  # after the last epoch stopping saves nothing
+            below = self.floor is not None and not accuracy >= self.floor  # NaN too
+            prune = not last and (below or self.trial.should_prune())  # after the last epoch stopping saves nothing
+            if prune:
+                why = f"below hydra.sweeper.prune_below={self.floor:g}" if below else "below what the pruner keeps"
+                log.info("pruned after epoch %d: val acc %.4f %s", epoch + 1, accuracy, why)
         prune = bool(trainer.strategy.broadcast(prune, src=0))
         if prune:
             self.pruned_after = epoch + 1
             trainer.should_stop = True
-            log.info("pruned after epoch %d: val acc below what the pruner keeps", self.pruned_after)
 
 
-def pruning_callback(trial: optuna.Trial | None, takes_part: bool) -> TrialPruning | None:
-    """The callback for a job of a pruned search (``cnnlab.job.JobContext``): process 0 with its ``trial``, another
-    DDP rank with none (it takes rank 0's answer); None for every other job (it costs nothing)."""
-    return TrialPruning(trial) if takes_part else None
+def pruning_callback(trial: optuna.Trial | None, takes_part: bool,
+                     floor: float | None = None) -> TrialPruning | None:  # fmt: skip
+    """The callback for a job of a pruned search (``cnnlab.job.JobContext``): process 0 with its ``trial`` (and the
+    search's ``prune_below``), another DDP rank with none (it takes rank 0's answer); None for every other job (it
+    costs nothing)."""
+    return TrialPruning(trial, floor) if takes_part else None
 
 
 def pruned_search(hydra_sweeper: Any) -> bool:
@@ -87,8 +93,9 @@ def pruned_search(hydra_sweeper: Any) -> bool:
     return str(hydra_sweeper.get("_target_", "")) == SWEEPER and str(hydra_sweeper.get("pruner") or "none") != "none"
 
 
-def job_trial(sweeper: Any, number: int) -> optuna.Trial:
-    """Trial ``number`` of the search's study, or its trial in the pruning study beside a multi-objective one."""
+def job_trial(sweeper: Any, number: int) -> tuple[optuna.Trial, float | None]:
+    """Trial ``number`` of the search's study, or its trial in the pruning study beside a multi-objective one; and
+    the accuracy below which it is pruned (``hydra.sweeper.prune_below``)."""
     import optuna
 
     from cnnlab import study as studies
@@ -101,4 +108,4 @@ def job_trial(sweeper: Any, number: int) -> optuna.Trial:
     study = optuna.load_study(study_name=search.pruning_study_name, storage=storage,
                               pruner=studies.build_pruner(search))  # fmt: skip
     study_id = storage.get_study_id_from_name(study.study_name)
-    return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number))
+    return optuna.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, number)), search.prune_below

@@ -32,8 +32,9 @@ from cnnlab.vocab import JobState, RunFiles, SweepFiles
 log = logging.getLogger("cnnlab.resume")
 
 # Sweeper settings a resume may change: how many trials in all (a search asks only for the missing ones) and at once,
-# the wall-time budget, and which extras a trial does (each trial_callbacks.<name>); none decides a trial's result.
-RESUMABLE_SWEEPER_KEYS = ("n_trials", "n_jobs", "budget_s", "trial_callbacks")
+# the wall-time budget, which extras a trial does (each trial_callbacks.<name>) and how many of TPE's proposals a trial
+# is the cheapest of (which points run, not how one is judged); none decides a trial's result.
+RESUMABLE_SWEEPER_KEYS = ("n_trials", "n_jobs", "budget_s", "trial_callbacks", "cheapest_of")
 # Overrides that may differ between a sweep and its resume: where things are, not what runs.
 MOVABLE_PREFIXES = ("paths.", "data.system_dir", "data.data_dir")
 

@@ -98,7 +98,7 @@ def build_trainer(cfg: DictConfig, ctx: JobContext | None) -> pl.Trainer:
     for saver in (c for c in callbacks if isinstance(c, InterruptCheckpoint)):
         saver.requeue_on_usr2 = ctx is not None and ctx.requeue_on_usr2  # submitit's job: SIGUSR2 saves, requeues
     callbacks.append(CheckpointedMetrics())  # the record's metrics in every checkpoint: a late resume keeps them
-    pruning = pruning_callback(ctx.trial, ctx.pruned) if ctx is not None else None
+    pruning = pruning_callback(ctx.trial, ctx.pruned, ctx.floor) if ctx is not None else None
     if pruning is not None:
         callbacks.append(pruning)
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg]

@@ -64,6 +64,7 @@ class SearchSettings:
     objectives: tuple[str, ...]
     pruner: str
     pruner_args: Mapping[str, Any]
+    prune_below: float | None = None  # a trial reporting a validation accuracy below it is pruned (with a pruner)
 
     @property
     def directions(self) -> list[str]:
@@ -122,10 +123,23 @@ def settings(sweeper: Mapping[str, Any]) -> SearchSettings:
             )
     check_storage(sweeper.get("storage"))
     name = sweeper.get("study_name") or "cnnlab"
-    search = SearchSettings(str(name), sweeper.get("storage"), objectives, pruner, args)
+    floor = check_floor(sweeper.get("prune_below"))  # a floor under the pruner: without one, nothing prunes
+    search = SearchSettings(str(name), sweeper.get("storage"), objectives, pruner, args,
+                            floor if pruner != "none" else None)  # fmt: skip
     if pruner != "none":
         built(f"hydra.sweeper.pruner={pruner} with hydra.sweeper.pruner_args={args}", lambda: build_pruner(search))
     return search
+
+
+def check_floor(value: Any) -> float | None:
+    """``hydra.sweeper.prune_below``: a validation accuracy in [0, 1), or null for no floor."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ConfigError(f"hydra.sweeper.prune_below={value!r}: a validation accuracy in [0, 1) below which a "
+                          f"trial is pruned after its epoch, or null for none; e.g. "
+                          f"hydra.sweeper.prune_below=0.15.")  # fmt: skip
+    return float(value)
 
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"

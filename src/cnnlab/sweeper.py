@@ -13,7 +13,8 @@ runs this (``sweeps/optuna.yaml``, ``sweeps/search.yaml``).
   trials still missing from ``n_trials``.
 - Cost is known before training: the trials the sampler draws blind (TPE's startup trials) are drawn at the start
   and run cheapest first, by multiply-adds times the examples of an epoch (``hydra.sweeper.cheap_first``), so the
-  first results come in seconds; ``hydra.sweeper.budget_s`` bounds the search's wall time (no trial starts after
+  first results come in seconds; each trial TPE draws after them is the cheapest of ``hydra.sweeper.cheapest_of``
+  of its proposals (``CheapestOf``); ``hydra.sweeper.budget_s`` bounds the search's wall time (no trial starts after
   it; the study records why it stopped, the report says so, and ``cnnlab.resume`` runs the rest).
 """
 
@@ -64,6 +65,11 @@ class Search:
         # the trials the sampler draws without looking at results, run cheapest first (a fresh study only)
         self.blind = blind_trials(sweeper.get("sampler") or {}) if sweeper.get("cheap_first", True) else 0
         self.config, self.config_loader, self.sampler_cfg = config, config_loader, sweeper.get("sampler")
+        k = check_cheapest_of(sweeper.get("cheapest_of", 1))
+        if k > 1 and config_loader is not None and isinstance(self.sampler, optuna.samplers.TPESampler):
+            blind = blind_trials(self.sampler_cfg or {})
+            self.sampler = CheapestOf(self.sampler, k, self.trial_cost, self.space, blind)
+            log.info("each trial TPE draws once %d have ended: the cheapest of %d of its proposals", blind, k)
         self.launcher = launcher
         self.slots = studies.trials_in_flight(sweeper, str(config.hydra.launcher.get("_target_", "")))
         if self.slots == 1 and int(sweeper.get("n_jobs") or 1) > 1:
@@ -163,24 +169,28 @@ class Search:
         count = min(self.blind, self.n_trials)
         if count < 2 or self.config_loader is None:
             return
-        from cnnlab.cost import epoch_cost
-
         seed = (self.sampler_cfg or {}).get("seed")
         # not the search's seed itself: TPE draws its own blind trials from RandomSampler(seed), the same points
         sampler = optuna.samplers.RandomSampler(seed=None if seed is None else seed + 1)
         draw = optuna.create_study(sampler=sampler, directions=self.settings.directions)
         drawn = [draw.ask(self.space).params for _ in range(count)]
-        costs = []
-        for params in drawn:
-            overrides = studies.trial_overrides(params, self.fixed)
-            try:
-                costs.append(epoch_cost(self.config_loader.load_sweep_config(self.config, overrides)))
-            except Exception as err:  # a point that cannot be built: its trial fails and says why; run it first
-                log.info("the cost of %s is not known (%s): it runs first", " ".join(overrides), err)
-                costs.append(0.0)
+        costs = [self.trial_cost(params) for params in drawn]
         for _, params in sorted(zip(costs, drawn, strict=True), key=lambda pair: pair[0]):
             self.study.enqueue_trial(params, skip_if_exists=False)
         log.info("the first %d trials (the sampler's blind ones) run cheapest first", count)
+
+    def trial_cost(self, params: dict[str, Any]) -> float:
+        """What a trial of ``params`` costs before it trains: multiply-adds per example (the network built from the
+        trial's composed config) times an epoch's examples; 0 for a point that cannot be built (its trial fails and
+        says why, so it may as well run first)."""
+        from cnnlab.cost import epoch_cost
+
+        overrides = studies.trial_overrides(params, self.fixed)
+        try:
+            return epoch_cost(self.config_loader.load_sweep_config(self.config, overrides))
+        except Exception as err:
+            log.info("the cost of %s is not known (%s)", " ".join(overrides), err)
+            return 0.0
 
     def ask(self) -> tuple[int, list[str]]:
         trial = self.study.ask(self.space)
@@ -260,6 +270,15 @@ def check_budget(value: Any) -> float | None:
     return float(value)
 
 
+def check_cheapest_of(value: Any) -> int:
+    """``hydra.sweeper.cheapest_of``: a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"hydra.sweeper.cheapest_of={value!r}: how many of TPE's proposals a trial is the "
+                          f"cheapest of, a whole number >= 1 (1: TPE's own choice); e.g. "
+                          f"hydra.sweeper.cheapest_of=3.")  # fmt: skip
+    return value
+
+
 def check_trial_callbacks(value: Any, config: DictConfig) -> dict[str, bool]:
     """``hydra.sweeper.trial_callbacks``: callbacks of the config (``callbacks.<name>``), each true or false (one the
     config does not have is already off: false for it is no mistake)."""
@@ -306,6 +325,66 @@ def build_sampler(cfg: Any, space: dict[str, Any]) -> tuple[optuna.samplers.Base
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate, constant_liar
         return built(setting, lambda: instantiate({"_target_": target, **args})), None
+
+
+class CheapestOf(optuna.samplers.BaseSampler):
+    """A sampler that runs the cheapest of ``k`` of its ``base`` sampler's proposals for each trial it draws once
+    ``blind`` trials have finished (before that TPE draws at random: its blind trials, ``cheap_first``'s business).
+
+    Optuna's samplers take no cost, and TPE's proposals vary from draw to draw (each is the best of its own random
+    candidates by TPE's measure), so among ``k`` of them the cheapest (``cost``: multiply-adds of an epoch, known
+    before training) is as much TPE's choice as the first, and a search spends its time on the networks that train
+    fastest among those TPE thinks good. Ties go to the first proposal (``k=1``: the base sampler itself). A point is
+    drawn whole: all at once by a multivariate TPE, else at the trial's first parameter; an enqueued trial's are not
+    drawn at all.
+    """
+
+    def __init__(self, base: optuna.samplers.BaseSampler, k: int, cost: Callable[[dict[str, Any]], float],
+                 space: dict[str, Any], blind: int) -> None:  # fmt: skip
+        self.base, self.k, self.cost, self.space, self.blind = base, k, cost, space, blind
+        self.drawn: dict[int, dict[str, Any]] = {}  # trial number -> the point chosen for it
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict[str, Any]:
+        if self.k <= 1 or not set(self.space) <= set(search_space) or self.still_blind(study, trial):
+            return self.base.sample_relative(study, trial, search_space)
+        return self.cheapest(trial, [self.base.sample_relative(study, trial, search_space) for _ in range(self.k)])
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: Any
+                           ) -> Any:  # fmt: skip
+        if self.k <= 1 or param_name not in self.space or self.still_blind(study, trial):
+            return self.base.sample_independent(study, trial, param_name, param_distribution)
+        if trial.number not in self.drawn:
+            open_space = {n: d for n, d in self.space.items() if n not in trial.params}
+            self.drawn[trial.number] = self.cheapest(trial, [
+                {n: self.base.sample_independent(study, trial, n, d) for n, d in open_space.items()}
+                for _ in range(self.k)])  # fmt: skip
+        return self.drawn[trial.number][param_name]
+
+    def cheapest(self, trial: FrozenTrial, points: list[dict[str, Any]]) -> dict[str, Any]:
+        costs = [self.cost({**trial.params, **point}) for point in points]
+        chosen = costs.index(min(costs))
+        if chosen:
+            log.info("trial %d: TPE's proposal %d of %d, the cheapest (%.3g multiply-adds an epoch, the first %.3g)",
+                     trial.number, chosen + 1, self.k, costs[chosen], costs[0])  # fmt: skip
+        return points[chosen]
+
+    def still_blind(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if trial.number in self.drawn:
+            return False
+        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) < self.blind
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.base.before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        self.drawn.pop(trial.number, None)
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
 
 
 class AskAndTellGrid(optuna.samplers.GridSampler):

@@ -77,6 +77,11 @@ class OptunaSweeperConf:
     params: dict[str, str] | None = None  # the search space, in Hydra's override syntax
     budget_s: float | None = None  # wall time: no trial starts after it, those in flight finish (null: none)
     cheap_first: bool = True  # the trials the sampler draws blind (TPE's startup trials) run cheapest first
+    # each trial TPE draws (after its blind ones): the cheapest of this many of its proposals (1: its own choice)
+    cheapest_of: int = 3
+    # with a pruner: a trial whose validation accuracy after an epoch is below this is pruned then, whatever the
+    # pruner says (no better than guessing: chance on ten classes is 0.10); null: the pruner alone decides
+    prune_below: float | None = 0.15
     # What a trial does beyond training, validating and testing a complete trial: each callback named here is off in
     # a trial (false) or as in a single run (true), e.g. hydra.sweeper.trial_callbacks.confusion_matrix=true.
     trial_callbacks: dict[str, bool] = field(default_factory=lambda: dict(LIGHT_TRIAL))
