@@ -3,7 +3,7 @@
     python benchmarks/search.py [--data-dir /tmp/cnnlab-data] [--trials 24] [--part anytime|pruning|slots|both]
                                 [--seeds 42 43 44] [--picture docs/search-anytime.png] [--keep DIR]
 
-0. Anytime (``--part anytime``, about an hour here): the search of ``sweeps/optuna.yaml``, 24 trials of up to 10
+0. Anytime (``--part anytime``, about 100 minutes here): the search of ``sweeps/optuna.yaml``, 24 trials of up to 10
    epochs of 100 batches, two in flight (joblib), successive halving, with 3 sampler seeds, each run before (the
    settings before light trials: ``hydra.sweeper.cheap_first=false``, ``cheapest_of=1``, ``prune_below=null`` and
    every ``hydra.sweeper.trial_callbacks`` back on) and after (the defaults), one after another. Prints each

@@ -129,7 +129,7 @@ def test_each_guided_trial_is_the_cheapest_of_k_proposals_and_the_blind_ones_are
 
 
 @pytest.mark.slow
-def test_a_search_runs_the_cheapest_proposal_and_prunes_a_trial_below_the_floor(tmp_path, tiny_data_dir):
+def test_a_search_takes_the_cheapest_of_tpes_proposals_and_prunes_a_trial_below_the_floor(tmp_path, tiny_data_dir):
     overrides = ["hydra.sweeper.n_trials=4", "+hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=2",
                  "optimizer.lr=tag(log, interval(0.01, 0.3))", "data.batch_size=choice(8,16,32)",
                  "hydra.sweeper.pruner=median", "hydra.sweeper.pruner_args={n_warmup_steps:5}"]  # fmt: skip
