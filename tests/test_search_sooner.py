@@ -180,7 +180,9 @@ def test_a_budget_stops_the_search_the_report_says_so_and_resume_finishes_it(tmp
      ("hydra.sweeper.trial_callbacks.model_graph=maybe", "hydra.sweeper.trial_callbacks.model_graph=maybe: true (as "
                                                          "in a single run) or false."),
      ("hydra.sweeper.cheapest_of=0", "hydra.sweeper.cheapest_of=0: how many of TPE's proposals a trial is the "),
-     ("hydra.sweeper.prune_below=1.5", "hydra.sweeper.prune_below=1.5: a validation accuracy in [0, 1) below which")],
+     ("hydra.sweeper.prune_below=1.5", "hydra.sweeper.prune_below=1.5: a validation accuracy in [0, 1) below which"),
+     ("hydra.sweeper.cheapest_of=abc", "hydra.sweeper.cheapest_of='abc' must be "),
+     ("hydra.sweeper.budget_s=soon", "hydra.sweeper.budget_s='soon' must be ")],
 )  # fmt: skip
 def test_a_bad_search_setting_is_one_line_before_any_trial(tmp_path, tiny_data_dir, override, message):
     result, sweep_dir = search(tmp_path, tiny_data_dir, "hydra.sweeper.n_trials=1", override)

@@ -242,6 +242,7 @@ def check_trial_callback(override: Any) -> None:
 
     key, prefix = override.key_or_group, "hydra.sweeper.trial_callbacks."
     if not key.startswith(prefix):
+        check_sweeper_setting(override)
         return
     name = key.removeprefix(prefix)
     if name not in LIGHT_TRIAL:
@@ -251,6 +252,26 @@ def check_trial_callback(override: Any) -> None:
                           f"{hint}Each is true (as in a single run) or false.")  # fmt: skip
     if not isinstance(override.value(), bool):
         raise ConfigError(f"{key}={override.get_value_element_as_str()}: true (as in a single run) or false.")
+
+
+def check_sweeper_setting(override: Any) -> None:
+    """``hydra.sweeper.<setting>=<value>`` of cnnlab's Optuna sweeper (``OptunaSweeperConf``) has its type:
+    ``hydra.sweeper.cheapest_of=abc`` is one line, not Hydra's validation error of several. Keys the schema does not
+    have are left to Hydra (another sweeper may take them)."""
+    key = override.key_or_group
+    if not key.startswith("hydra.sweeper.") or override.is_sweep_override():
+        return
+    from hydra_plugins.cnnlab_plugins.plugins import OptunaSweeperConf
+
+    annotation = typing.get_type_hints(OptunaSweeperConf).get(key.removeprefix("hydra.sweeper."))
+    if annotation is None or annotation is Any or typing.get_origin(annotation) is dict:
+        return
+    try:
+        value = override.value()
+    except Exception:  # Hydra's grammar: its own message
+        return
+    if not fits(value, annotation):
+        raise type_error(key, value, annotation)
 
 
 def check_overrides(overrides: list[str], conf_dir: Path | None = None, nullable: tuple[str, ...] = ()) -> None:
